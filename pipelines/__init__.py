@@ -1,0 +1,1 @@
+"""TensorFlow-side jobs of keras-vit: input pipelines, training, tuning, export."""
