@@ -1,0 +1,31 @@
+"""Attention and Transformer layers for Keras 3, written with `keras.ops` only.
+
+Example:
+>>> from keras_vit.layers import MultiHeadAttention, TransformerEncoderBlock
+"""
+
+from keras_vit.layers.attention import (
+    AdditiveAttention,
+    NadarayaWatsonAttention,
+    ScaledDotProductAttention,
+)
+from keras_vit.layers.feed_forward import AddNorm, DropPath, PositionWiseFeedForward
+from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
+from keras_vit.layers.multi_head_attention import MultiHeadAttention
+from keras_vit.layers.patching import ClassToken, PatchEmbedding
+from keras_vit.layers.position import (
+    PositionEmbedding,
+    SinCosPositionEncoding2D,
+    SinusoidalPositionEncoding,
+    sincos_2d_table,
+    sinusoidal_table,
+)
+from keras_vit.layers.transformer import TransformerDecoderBlock, TransformerEncoderBlock
+
+__all__ = [
+    "AddNorm", "AdditiveAttention", "ClassToken", "DropPath", "MultiHeadAttention",
+    "NadarayaWatsonAttention", "PatchEmbedding", "PositionEmbedding", "PositionWiseFeedForward",
+    "ScaledDotProductAttention", "SinCosPositionEncoding2D", "SinusoidalPositionEncoding",
+    "TransformerDecoderBlock", "TransformerEncoderBlock", "causal_mask", "masked_softmax",
+    "merge_masks", "sincos_2d_table", "sinusoidal_table",
+]

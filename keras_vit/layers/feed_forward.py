@@ -1,0 +1,131 @@
+"""Per-position MLP, residual + layer norm, and stochastic depth."""
+
+import keras
+from keras import ops
+
+from keras_vit.layers.validation import check_positive_int, check_rate
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class PositionWiseFeedForward(keras.layers.Layer):
+    """Two dense layers applied at every position: `(B, T, d) -> (B, T, d)`.
+
+    `dense2(dropout(activation(dense1(x))))`, then dropout.
+
+    Args:
+        hidden_dim: int > 0. Width of the hidden layer (ViT's "MLP size").
+        activation: activation of the hidden layer. Defaults to `"gelu"`.
+        dropout: float in [0, 1). Dropout after each dense layer, in training.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> PositionWiseFeedForward(hidden_dim=64)(np.ones((2, 3, 16), "float32")).shape  # (2, 3, 16)
+    """
+
+    def __init__(self, hidden_dim, activation="gelu", dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.activation = keras.activations.get(activation)
+        self.dropout = check_rate("dropout", dropout)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.dense1 = keras.layers.Dense(self.hidden_dim, activation=self.activation,
+                                         name="dense1", dtype=self.dtype_policy)
+        self.dense1.build(input_shape)
+        self.dense2 = keras.layers.Dense(input_shape[-1], name="dense2", dtype=self.dtype_policy)
+        self.dense2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+
+    def call(self, inputs, training=None):
+        hidden = self.dropout_layer(self.dense1(inputs), training=training)
+        return self.dropout_layer(self.dense2(hidden), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"hidden_dim": self.hidden_dim,
+                       "activation": keras.activations.serialize(self.activation),
+                       "dropout": self.dropout})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class AddNorm(keras.layers.Layer):
+    """Residual connection then layer normalisation: `LayerNorm(x + dropout(y))`.
+
+    Args:
+        dropout: float in [0, 1). Dropout on `y`, in training.
+        epsilon: float. Layer-norm epsilon. Defaults to `1e-6`.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> x = np.random.rand(2, 3, 4).astype("float32")
+    >>> AddNorm()(x, x).shape  # (2, 3, 4)
+    """
+
+    def __init__(self, dropout=0.0, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.dropout = check_rate("dropout", dropout)
+        self.epsilon = float(epsilon)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        # Keras' LayerNormalization computes its statistics in float32 under mixed precision.
+        self.norm = keras.layers.LayerNormalization(epsilon=self.epsilon, name="norm",
+                                                    dtype=self.dtype_policy)
+
+    def build(self, x_shape, y_shape=None):
+        self.norm.build(x_shape)
+
+    def call(self, x, y, training=None):
+        return self.norm(x + self.dropout_layer(y, training=training))
+
+    def compute_output_shape(self, x_shape, y_shape=None):
+        return x_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dropout": self.dropout, "epsilon": self.epsilon})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops a whole residual branch per sample during training.
+
+    Kept samples are scaled by `1 / (1 - rate)`; identity at inference.
+
+    Args:
+        rate: float in [0, 1). Probability of dropping the branch.
+        seed: int or None. Seed of the random draws.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> DropPath(0.1)(np.ones((4, 3, 2), "float32"), training=True)
+
+    References:
+        Huang et al., "Deep Networks with Stochastic Depth", 2016.
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = check_rate("rate", rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        draw = keras.random.uniform(shape, seed=self.seed_generator, dtype=inputs.dtype)
+        mask = ops.cast(draw < keep, inputs.dtype)
+        return inputs * mask / ops.cast(keep, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config

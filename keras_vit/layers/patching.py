@@ -1,0 +1,108 @@
+"""Images to patch tokens, and the class token."""
+
+import keras
+from keras import ops
+
+from keras_vit.layers.validation import check_positive_int
+
+
+def _pair(name, value):
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"`{name}` must be an int or (height, width); received {value!r}")
+    return tuple(check_positive_int(name, v) for v in pair)
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class PatchEmbedding(keras.layers.Layer):
+    """Splits images into non-overlapping patches and projects each to `hidden_dim`.
+
+    A convolution with kernel = stride = patch size, reshaped to row-major
+    tokens: `(B, H, W, C) -> (B, (H / ph) * (W / pw), hidden_dim)`.
+
+    Args:
+        patch_size: int or (int, int). Patch height and width; must divide the
+            image height and width.
+        hidden_dim: int > 0. Token width.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> PatchEmbedding(patch_size=16, hidden_dim=192)(np.zeros((1, 224, 224, 3))).shape
+    (1, 196, 192)
+
+    References:
+        Dosovitskiy et al., "An Image is Worth 16x16 Words", 2020.
+    """
+
+    def __init__(self, patch_size, hidden_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = _pair("patch_size", patch_size)
+        self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        self.projection = keras.layers.Conv2D(self.hidden_dim, self.patch_size,
+                                              strides=self.patch_size, padding="valid",
+                                              name="projection", dtype=self.dtype_policy)
+
+    def grid_size(self, image_shape):
+        """`(rows, cols)` of patches for an image shape `(H, W, C)` or `(B, H, W, C)`."""
+        height, width = image_shape[-3], image_shape[-2]
+        if height is None or width is None:
+            raise ValueError(f"PatchEmbedding needs a static image size; received {image_shape}")
+        if height % self.patch_size[0] or width % self.patch_size[1]:
+            raise ValueError(f"patch_size={self.patch_size} does not divide the image size "
+                             f"{(height, width)}")
+        return height // self.patch_size[0], width // self.patch_size[1]
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError("PatchEmbedding expects images (batch, height, width, channels); "
+                             f"received shape {tuple(input_shape)}")
+        self.grid = self.grid_size(input_shape)
+        self.projection.build(input_shape)
+
+    def call(self, images):
+        patches = self.projection(images)
+        return ops.reshape(patches, (-1, self.grid[0] * self.grid[1], self.hidden_dim))
+
+    def compute_output_shape(self, input_shape):
+        rows, cols = self.grid_size(input_shape)
+        return (input_shape[0], rows * cols, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"patch_size": self.patch_size, "hidden_dim": self.hidden_dim})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vit")
+class ClassToken(keras.layers.Layer):
+    """Prepends a learned class token: `(B, T, d) -> (B, T + 1, d)`.
+
+    Args:
+        initializer: initializer of the token. Defaults to zeros, as in ViT.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    >>> ClassToken()(np.zeros((2, 196, 192), "float32")).shape  # (2, 197, 192)
+    """
+
+    def __init__(self, initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.initializer = keras.initializers.get(initializer)
+
+    def build(self, input_shape):
+        self.token = self.add_weight(name="token", shape=(1, 1, input_shape[-1]),
+                                     initializer=self.initializer)
+
+    def call(self, tokens):
+        batch = ops.shape(tokens)[0]
+        token = ops.broadcast_to(ops.cast(self.token, tokens.dtype), (batch, 1, tokens.shape[-1]))
+        return ops.concatenate([token, tokens], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        length = None if input_shape[1] is None else input_shape[1] + 1
+        return (input_shape[0], length, input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"initializer": keras.initializers.serialize(self.initializer)})
+        return config
