@@ -13,6 +13,7 @@ from keras_vit.layers.feed_forward import AddNorm, DropPath, PositionWiseFeedFor
 from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
 from keras_vit.layers.patching import ClassToken, PatchEmbedding
+from keras_vit.layers.pooling import TokenPooling
 from keras_vit.layers.position import (
     PositionEmbedding,
     SinCosPositionEncoding2D,
@@ -26,6 +27,6 @@ __all__ = [
     "AddNorm", "AdditiveAttention", "ClassToken", "DropPath", "MultiHeadAttention",
     "NadarayaWatsonAttention", "PatchEmbedding", "PositionEmbedding", "PositionWiseFeedForward",
     "ScaledDotProductAttention", "SinCosPositionEncoding2D", "SinusoidalPositionEncoding",
-    "TransformerDecoderBlock", "TransformerEncoderBlock", "causal_mask", "masked_softmax",
+    "TokenPooling", "TransformerDecoderBlock", "TransformerEncoderBlock", "causal_mask", "masked_softmax",
     "merge_masks", "sincos_2d_table", "sinusoidal_table",
 ]

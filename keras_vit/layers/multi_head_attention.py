@@ -178,6 +178,16 @@ class MultiHeadAttention(keras.layers.Layer):
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
         return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
 
+    def compute_output_spec(self, query, value, key=None, return_attention_scores=False,
+                            **kwargs):
+        key = value if key is None else key
+        output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape, key.shape),
+                                   dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        scores_shape = (query.shape[0], self.num_heads, query.shape[1], key.shape[1])
+        return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+
     def get_config(self):
         config = super().get_config()
         config.update({

@@ -117,6 +117,15 @@ class TransformerEncoderBlock(_TransformerBlock):
         x = self._mlp_residual(x, training)
         return (x, scores) if return_attention_scores else x
 
+    def compute_output_spec(self, inputs, return_attention_scores=False, **kwargs):
+        output = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        length = inputs.shape[1]
+        scores = keras.KerasTensor((inputs.shape[0], self.num_heads, length, length),
+                                   dtype=self.compute_dtype)
+        return output, scores
+
 
 @keras.saving.register_keras_serializable(package="keras_vit")
 class TransformerDecoderBlock(_TransformerBlock):

@@ -1,0 +1,171 @@
+"""The Vision Transformer family as one factory of functional Keras models."""
+
+import keras
+
+from keras_vit.layers import (
+    ClassToken,
+    PatchEmbedding,
+    PositionEmbedding,
+    SinCosPositionEncoding2D,
+    TokenPooling,
+    TransformerEncoderBlock,
+)
+from keras_vit.layers.validation import check_positive_int, check_rate
+
+# Dosovitskiy et al., "An Image is Worth 16x16 Words", 2020, table 1; Ti and S from
+# Touvron et al., "Training data-efficient image transformers" (DeiT), 2020.
+VIT_VARIANTS = {
+    "Ti": dict(hidden_dim=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(hidden_dim=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(hidden_dim=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(hidden_dim=1024, depth=24, mlp_dim=4096, num_heads=16),
+    "H": dict(hidden_dim=1280, depth=32, mlp_dim=5120, num_heads=16),
+}
+POSITION_EMBEDDINGS = ("learned", "sincos2d")
+
+
+def parse_variant(variant):
+    """`"B/16"` -> `("B", 16)`; `"B"` -> `("B", None)`.
+
+    Args:
+        variant: str. A size from `VIT_VARIANTS`, optionally `/patch_size`.
+
+    Returns:
+        `(size, patch_size or None)`.
+    """
+    size, _, patch = str(variant).partition("/")
+    if size not in VIT_VARIANTS:
+        raise ValueError(f"unknown ViT variant {variant!r}; expected one of "
+                         f"{sorted(VIT_VARIANTS)} with an optional '/patch_size', e.g. 'B/16'")
+    if patch and not patch.isdigit():
+        raise ValueError(f"the patch size in variant {variant!r} must be a positive integer")
+    return size, (int(patch) if patch else None)
+
+
+def _image_shape(image_shape):
+    shape = tuple(image_shape)
+    if len(shape) != 3:
+        raise ValueError(f"`image_shape` must be (height, width, channels); received {image_shape!r}")
+    return tuple(check_positive_int("image_shape", int(v)) for v in shape)
+
+
+def _normalisation(mean, std, channels):
+    """Scale and offset mapping [0, 255] pixels to `(x / 255 - mean) / std`, per channel."""
+    def per_channel(value, name):
+        values = [float(value)] * channels if isinstance(value, (int, float)) else list(value)
+        if len(values) != channels:
+            raise ValueError(f"`{name}` needs 1 or {channels} values; received {value!r}")
+        return values
+
+    mean, std = per_channel(mean, "mean"), per_channel(std, "std")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"`std` must be positive; received std={std!r}")
+    scale = [1.0 / (255.0 * s) for s in std]
+    offset = [-m / s for m, s in zip(mean, std)]
+    return (scale[0], offset[0]) if channels == 1 else (scale, offset)
+
+
+def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1000, *,
+                       patch_size=None, hidden_dim=None, depth=None, mlp_dim=None,
+                       num_heads=None, pooling="token", position_embedding="learned",
+                       dropout=0.0, attention_dropout=0.0, drop_path=0.0,
+                       representation_size=None, mean=0.5, std=0.5,
+                       classifier_activation=None, include_top=True, name=None):
+    """Builds a Vision Transformer as a functional `keras.Model`.
+
+    Inputs are images `(B, H, W, C)` in raw pixel scale [0, 255]; the model
+    rescales them to `(x / 255 - mean) / std` itself. Outputs are float32
+    logits `(B, num_classes)` (or float32 features with `include_top=False`),
+    whatever the dtype policy.
+
+    Args:
+        variant: str. `"Ti" | "S" | "B" | "L" | "H"` with the patch size after a
+            slash, e.g. `"B/16"`. Every field is overridable below.
+        image_shape: (int, int, int). `(height, width, channels)`; any size
+            divisible by the patch size, any channel count.
+        num_classes: int > 0. Classes of the head.
+        patch_size: int or (int, int). Overrides the variant's patch size.
+        hidden_dim, depth, mlp_dim, num_heads: int. Override the variant's
+            width, number of blocks, MLP width and attention heads.
+        pooling: `"token"` (class token) or `"gap"` (mean of patch tokens, no
+            class token).
+        position_embedding: `"learned"` or `"sincos2d"` (fixed).
+        dropout: float in [0, 1). Dropout after the embeddings and in each block.
+        attention_dropout: float in [0, 1). Dropout on attention weights.
+        drop_path: float in [0, 1). Stochastic depth of the last block, rising
+            linearly from 0 over the blocks.
+        representation_size: int or None. Width of a tanh pre-logits layer.
+        mean, std: float or per-channel list, in [0, 1] units. Input
+            normalisation. Defaults map [0, 255] to [-1, 1].
+        classifier_activation: activation of the head; `None` gives logits.
+        include_top: bool. Add the classification head.
+        name: str. Model name. Defaults to e.g. `"vit_ti16"`.
+
+    Returns:
+        A `keras.Model`.
+
+    Example:
+    >>> model = vision_transformer("Ti/4", image_shape=(8, 8, 1), num_classes=10,
+    ...                            depth=2, hidden_dim=32, num_heads=2, mlp_dim=64)
+    >>> model(np.zeros((1, 8, 8, 1))).shape  # (1, 10)
+
+    References:
+        Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for
+        Image Recognition at Scale", ICLR 2021.
+    """
+    size, variant_patch = parse_variant(variant)
+    config = dict(VIT_VARIANTS[size])
+    overrides = dict(hidden_dim=hidden_dim, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in config.items():
+        check_positive_int(key, value)
+    patch_size = patch_size or variant_patch
+    if patch_size is None:
+        raise ValueError(f"no patch size: give variant like '{size}/16' or patch_size=")
+    image_shape = _image_shape(image_shape)
+    check_positive_int("num_classes", num_classes)
+    if pooling not in ("token", "gap"):
+        raise ValueError(f"`pooling` must be 'token' or 'gap'; received pooling={pooling!r}")
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ValueError(f"`position_embedding` must be one of {POSITION_EMBEDDINGS}; "
+                         f"received position_embedding={position_embedding!r}")
+    if config["hidden_dim"] % config["num_heads"]:
+        raise ValueError(f"hidden_dim={config['hidden_dim']} is not divisible by "
+                         f"num_heads={config['num_heads']}")
+    for rate_name, rate in (("dropout", dropout), ("attention_dropout", attention_dropout),
+                            ("drop_path", drop_path)):
+        check_rate(rate_name, rate)
+    patching = PatchEmbedding(patch_size, config["hidden_dim"], name="patch_embedding")
+    grid = patching.grid_size(image_shape)  # raises when the patch size does not divide
+    scale, offset = _normalisation(mean, std, image_shape[-1])
+
+    images = keras.Input(image_shape, name="images")
+    x = keras.layers.Rescaling(scale, offset, name="normalisation")(images)
+    x = patching(x)
+    if position_embedding == "learned":
+        if pooling == "token":
+            x = ClassToken(name="class_token")(x)
+        x = PositionEmbedding(x.shape[1], name="position_embedding")(x)
+    else:
+        x = SinCosPositionEncoding2D(grid, name="position_embedding")(x)
+        if pooling == "token":
+            x = ClassToken(name="class_token")(x)
+    x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+    for index in range(config["depth"]):
+        rate = drop_path * index / max(config["depth"] - 1, 1)
+        x = TransformerEncoderBlock(config["num_heads"], config["mlp_dim"], dropout=dropout,
+                                    attention_dropout=attention_dropout, drop_path=rate,
+                                    norm_first=True, name=f"encoder_block_{index}")(x)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")(x)
+    x = TokenPooling(pooling, num_prefix_tokens=0, name="pooling")(x)
+    if representation_size:
+        x = keras.layers.Dense(check_positive_int("representation_size", representation_size),
+                               activation="tanh", name="pre_logits")(x)
+    if include_top:
+        x = keras.layers.Dense(num_classes, activation=classifier_activation, name="head",
+                               dtype="float32")(x)
+    else:
+        x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
+    if name is None:
+        name = f"vit_{size.lower()}{patching.patch_size[0]}"
+    return keras.Model(images, x, name=name)
