@@ -1,0 +1,429 @@
+"""Tests of the input pipelines (pipelines/data.py, pipelines/digits_dataset.py).
+
+Everything is written under pytest's tmp paths and nothing is downloaded: the
+digits come from scikit-learn, tfds datasets by name are mocked with
+`tfds.testing.mock_data`, image folders are generated on the fly.
+"""
+
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from pipelines.data import describe_sources, load_datasets
+
+SPLITS = ("train", "validation", "test")
+EXPECTED_DIGITS_SIZES = {"train": 1149, "validation": 288, "test": 360}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def collect(ds):
+    """All (images, labels) of a batched dataset as numpy arrays."""
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def first_batches(ds, n=2):
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
+
+
+def digits_reference():
+    """Pixels and labels straight from sklearn, on the [0, 255] scale."""
+    digits = load_digits()
+    return np.round(digits.images * 255 / 16).astype(np.uint8), digits.target
+
+
+def digits_multiset():
+    """Counter of (image bytes as (8, 8, 1) uint8, label) over all 1,797 digits."""
+    pixels, targets = digits_reference()
+    return collections.Counter((x[..., None].tobytes(), int(t)) for x, t in zip(pixels, targets))
+
+
+def fake_tfds_metadata(data_dir, name, split_sizes):
+    """Writes the dataset_info.json / features.json tfds needs to know the splits.
+
+    `tfds.testing.mock_data` replaces the examples but, without metadata, leaves
+    the split list empty; real metadata makes the mocked dataset look prepared.
+    """
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    builder.info.set_splits(
+        tfds.core.SplitDict(
+            [
+                tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0)
+                for split, n in split_sizes.items()
+            ]
+        )
+    )
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """A tfds data_dir with uci_digits prepared once for the whole module."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    load_datasets("digits", data_dir=data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir):
+    data = load_datasets("digits", data_dir=digits_dir, batch_size=100, deterministic=True)
+    return data, {split: collect(getattr(data, split)) for split in SPLITS}
+
+
+def crop_offsets(image, pad=1):
+    """Every image a pad-then-crop-back of `image` (H, W, C) can produce."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    return [
+        padded[dy : dy + height, dx : dx + width]
+        for dy in range(2 * pad + 1)
+        for dx in range(2 * pad + 1)
+    ]
+
+
+# ----------------------------------------------------------------------- digits
+
+
+def test_digits_info_and_split_sizes(digits):
+    data, arrays = digits
+    info = data.info
+    assert info.name == "uci_digits"
+    assert info.image_shape == (8, 8, 1)
+    assert info.num_classes == 10
+    assert info.class_names == [str(d) for d in range(10)]
+    assert (info.num_train, info.num_validation, info.num_test) == (1149, 288, 360)
+    assert {split: len(arrays[split][1]) for split in SPLITS} == EXPECTED_DIGITS_SIZES
+
+
+def test_digits_images_are_float32_raw_pixels(digits):
+    data, arrays = digits
+    images, labels = next(iter(data.train))
+    assert images.dtype.name == "float32" and labels.dtype.name == "int32"
+    assert images.shape[1:] == (8, 8, 1)
+    levels = np.round(np.arange(17) * 255 / 16)
+    for split in SPLITS:
+        x, y = arrays[split]
+        assert x.dtype == np.float32 and x.shape[1:] == (8, 8, 1)
+        assert x.min() == 0.0 and x.max() == 255.0
+        assert set(np.unique(y)) == set(range(10))
+        if split != "train":  # Unaugmented: only the 17 rescaled sklearn levels.
+            assert np.isin(x, levels).all()
+
+
+def test_digits_test_split_equals_sklearn_reference(digits):
+    _, arrays = digits
+    pixels, targets = digits_reference()
+    indices = np.arange(len(targets))
+    _, test_idx = train_test_split(indices, test_size=0.2, stratify=targets, random_state=0)
+    x, y = arrays["test"]
+    np.testing.assert_array_equal(x[..., 0], pixels[test_idx].astype(np.float32))
+    np.testing.assert_array_equal(y, targets[test_idx])
+
+
+def test_digits_splits_partition_the_data_and_are_stratified(digits):
+    _, arrays = digits
+    _, targets = digits_reference()
+    keys = {
+        split: collections.Counter(
+            (x.astype(np.uint8).tobytes(), int(label))
+            for x, label in zip(arrays[split][0], arrays[split][1])
+        )
+        for split in ("validation", "test")
+    }
+    everything = digits_multiset()
+    assert len(everything) == len(targets)  # sklearn digits has no duplicates.
+    # Validation and test are unaugmented: compare exact bytes.
+    assert not keys["validation"] & keys["test"]
+    assert not (keys["validation"] + keys["test"]) - everything
+    # Train (augmented) is the remainder: its label counts complete the dataset.
+    train_counts = collections.Counter(arrays["train"][1].tolist())
+    held_out = collections.Counter()
+    for (_, label), count in (keys["validation"] + keys["test"]).items():
+        held_out[label] += count
+    assert train_counts + held_out == collections.Counter(targets.tolist())
+    for split in SPLITS:
+        counts = collections.Counter(arrays[split][1].tolist())
+        share = EXPECTED_DIGITS_SIZES[split] / len(targets)
+        for label, total in collections.Counter(targets.tolist()).items():
+            assert abs(counts[label] - share * total) <= 2, (split, label)
+
+
+def test_digits_train_split_partitions_with_augmentation_off(digits_dir):
+    data = load_datasets("digits", data_dir=digits_dir, batch_size=500, augment=False)
+    seen = collections.Counter()
+    for split in SPLITS:
+        x, y = collect(getattr(data, split))
+        seen.update((img.astype(np.uint8).tobytes(), int(t)) for img, t in zip(x, y))
+    assert seen == digits_multiset()  # Every example exactly once across the three splits.
+
+
+def test_deterministic_runs_give_identical_batches(digits_dir):
+    kwargs = dict(data_dir=digits_dir, batch_size=32, deterministic=True, seed=3)
+    first = first_batches(load_datasets("digits", **kwargs).train)
+    second = first_batches(load_datasets("digits", **kwargs).train)
+    for (x1, y1), (x2, y2) in zip(first, second):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    other = first_batches(load_datasets("digits", **{**kwargs, "seed": 4}).train)
+    assert not np.array_equal(first[0][1], other[0][1])  # The seed matters.
+
+
+def test_validation_and_test_are_not_augmented_nor_shuffled(digits_dir, digits):
+    _, reference = digits
+    for augmentation in ("crop_flip", "none"):
+        data = load_datasets(
+            "digits", data_dir=digits_dir, batch_size=100, augmentation=augmentation, seed=7
+        )
+        for split in ("validation", "test"):
+            x, y = collect(getattr(data, split))
+            np.testing.assert_array_equal(x, reference[split][0])
+            np.testing.assert_array_equal(y, reference[split][1])
+
+
+def test_digits_default_augmentation_is_a_one_pixel_translation(digits_dir):
+    kwargs = dict(data_dir=digits_dir, batch_size=64, deterministic=True)
+    plain = first_batches(load_datasets("digits", augmentation="none", **kwargs).train)
+    moved = first_batches(load_datasets("digits", **kwargs).train)
+    changed = 0
+    for (x0, y0), (x1, y1) in zip(plain, moved):
+        np.testing.assert_array_equal(y0, y1)  # Same shuffle order.
+        for original, augmented in zip(x0, x1):
+            # Every output is a shifted copy (no flip: digits are not symmetric).
+            assert any(np.array_equal(augmented, c) for c in crop_offsets(original))
+            changed += not np.array_equal(original, augmented)
+    assert changed > 0
+
+
+def test_flip_augmentation_mirrors_some_images(digits_dir):
+    kwargs = dict(data_dir=digits_dir, batch_size=64, deterministic=True)
+    plain = first_batches(load_datasets("digits", augmentation="none", **kwargs).train, 1)
+    flipped = first_batches(load_datasets("digits", augmentation="flip", **kwargs).train, 1)
+    mirrored = 0
+    for original, augmented in zip(plain[0][0], flipped[0][0]):
+        mirror = original[:, ::-1]
+        assert np.array_equal(augmented, original) or np.array_equal(augmented, mirror)
+        mirrored += np.array_equal(augmented, mirror) and not np.array_equal(original, mirror)
+    assert mirrored > 0
+
+
+def test_digits_resize_and_offline_preparation(tmp_path):
+    # Digits need no download, so offline=True still prepares them.
+    data = load_datasets(
+        "digits", data_dir=str(tmp_path), offline=True, image_size=(16, 12), batch_size=8
+    )
+    images, _ = next(iter(data.validation))
+    assert data.info.image_shape == (16, 12, 1)
+    assert images.shape == (8, 16, 12, 1)
+    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+
+
+def test_describe_sources_mentions_every_kind():
+    text = describe_sources()
+    for word in ("digits", "mnist", "folder:", "crop_flip"):
+        assert word in text
+
+
+# ------------------------------------------------------------------ tfds by name
+
+
+def test_tfds_mnist_without_validation_split_is_carved_from_train(tmp_path):
+    fake_tfds_metadata(tmp_path, "mnist", {"train": 60000, "test": 10000})
+    with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
+        data = load_datasets("mnist", data_dir=str(tmp_path), batch_size=5)
+        arrays = {split: collect(getattr(data, split)) for split in SPLITS}
+    info = data.info
+    assert info.image_shape == (28, 28, 1) and info.num_classes == 10
+    assert info.class_names == [str(d) for d in range(10)]
+    # 20% of train becomes validation; the dataset's own test split is kept.
+    assert (info.num_train, info.num_validation, info.num_test) == (48000, 12000, 10000)
+    for x, y in arrays.values():
+        assert x.dtype == np.float32 and x.shape[1:] == (28, 28, 1)
+        assert y.dtype == np.int32 and ((0 <= y) & (y < 10)).all()
+        assert 0.0 <= x.min() and x.max() <= 255.0
+
+
+def test_tfds_cifar10_colour_images_and_resize(tmp_path):
+    fake_tfds_metadata(tmp_path, "cifar10", {"train": 50000, "test": 10000})
+    with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
+        data = load_datasets("cifar10", data_dir=str(tmp_path), batch_size=4)
+        images, labels = next(iter(data.train))
+        small = load_datasets(
+            "cifar10:3.0.2", data_dir=str(tmp_path), batch_size=4, image_size=16,
+            validation_fraction=0.1,
+        )
+        small_images, _ = next(iter(small.test))
+    assert data.info.image_shape == (32, 32, 3) and data.info.num_classes == 10
+    # cifar10 reads its class names while downloading; the fake metadata has none.
+    assert len(data.info.class_names) == 10
+    assert (data.info.num_train, data.info.num_validation, data.info.num_test) == (
+        40000, 10000, 10000,
+    )
+    assert images.shape == (4, 32, 32, 3) and images.dtype.name == "float32"
+    assert labels.dtype.name == "int32"
+    assert (small.info.num_train, small.info.num_validation) == (45000, 5000)
+    assert small.info.image_shape == (16, 16, 3) and small_images.shape == (4, 16, 16, 3)
+
+
+def test_tfds_own_validation_split_is_used_and_variable_size_needs_image_size(tmp_path):
+    sizes = {"train": 1020, "validation": 1020, "test": 6149}
+    fake_tfds_metadata(tmp_path, "oxford_flowers102", sizes)
+    with tfds.testing.mock_data(num_examples=5, data_dir=str(tmp_path)):
+        data = load_datasets(
+            "oxford_flowers102", data_dir=str(tmp_path), batch_size=5, image_size=(10, 12)
+        )
+        images, _ = next(iter(data.validation))
+        with pytest.raises(ValueError, match="oxford_flowers102.*image_size"):
+            load_datasets("oxford_flowers102", data_dir=str(tmp_path))
+    assert (data.info.num_train, data.info.num_validation, data.info.num_test) == (
+        1020, 1020, 6149,
+    )
+    assert data.info.num_classes == 102
+    assert images.shape == (5, 10, 12, 3)
+
+
+# ---------------------------------------------------------------- image folder
+
+FOLDER_CLASSES = ("cat", "dog", "emu")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """3 classes x 10 RGB images of 12x10 (H x W), half PNG, half JPEG.
+
+    Image i of class c is a flat colour 8 * (10 * c + i), so every file can be
+    recognised after decoding (JPEG keeps flat colours within +-1).
+    """
+    root = tmp_path_factory.mktemp("images")
+    for c, name in enumerate(FOLDER_CLASSES):
+        os.makedirs(root / name)
+        for i in range(10):
+            value = 8 * (10 * c + i)
+            pixels = np.full((12, 10, 3), value, np.uint8)
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(pixels).save(root / name / f"img{i:02d}.{ext}")
+    (root / "notes.txt").write_text("not a class")  # Stray files are ignored.
+    return str(root)
+
+
+def file_ids(images):
+    """Recover the file id 10 * class + index from flat-colour images."""
+    return np.round(images.reshape(len(images), -1).mean(axis=1) / 8).astype(int).tolist()
+
+
+def test_image_folder_classes_counts_and_stratified_split(image_folder):
+    data = load_datasets(image_folder, batch_size=7, augment=False)  # Keep colours flat.
+    info = data.info
+    assert info.class_names == list(FOLDER_CLASSES) and info.num_classes == 3
+    assert info.image_shape == (12, 10, 3)
+    assert (info.num_train, info.num_validation, info.num_test) == (18, 6, 6)
+    ids = {}
+    for split in SPLITS:
+        x, y = collect(getattr(data, split))
+        assert x.dtype == np.float32 and x.shape[1:] == (12, 10, 3)
+        assert collections.Counter(y.tolist()) == {
+            label: {"train": 6}.get(split, 2) for label in range(3)
+        }
+        ids[split] = file_ids(x)
+        assert [i // 10 for i in ids[split]] == y.tolist()  # Labels follow files.
+    # Disjoint and complete: every file exactly once.
+    assert sorted(ids["train"] + ids["validation"] + ids["test"]) == list(range(30))
+
+
+def test_image_folder_split_is_seeded(image_folder):
+    def validation_ids(seed):
+        return file_ids(collect(load_datasets(image_folder, seed=seed).validation)[0])
+
+    assert validation_ids(0) == validation_ids(0)
+    assert validation_ids(0) != validation_ids(1)
+
+
+def test_image_folder_prefix_resize_and_augmentation(image_folder):
+    data = load_datasets(
+        "folder:" + image_folder, image_size=(6, 5), batch_size=4, augmentation="crop_flip"
+    )
+    images, labels = next(iter(data.train))
+    assert data.info.image_shape == (6, 5, 3)
+    assert images.shape == (4, 6, 5, 3) and labels.dtype.name == "int32"
+    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+
+
+def test_grayscale_image_folder_has_one_channel(tmp_path):
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        for i in range(3):
+            Image.fromarray(np.full((5, 7), 40 * i, np.uint8), mode="L").save(
+                tmp_path / name / f"{i}.png"
+            )
+    data = load_datasets(str(tmp_path), batch_size=2)
+    assert data.info.image_shape == (5, 7, 1)
+    assert (data.info.num_train, data.info.num_validation, data.info.num_test) == (2, 2, 2)
+    x, _ = collect(data.validation)
+    assert x.shape == (2, 5, 7, 1)
+
+
+# ------------------------------------------------------------------- bad input
+
+
+def test_unknown_dataset_name_fails_before_touching_data_dir(tmp_path):
+    with pytest.raises(ValueError, match="no_such_dataset_xyz"):
+        load_datasets("no_such_dataset_xyz", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'mnsit'.*did you mean 'mnist'"):
+        load_datasets("mnsit", data_dir=str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_empty_folder_fails(tmp_path):
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        load_datasets(str(tmp_path))
+
+
+def test_folder_without_images_fails(tmp_path):
+    os.makedirs(tmp_path / "cats")
+    (tmp_path / "cats" / "readme.txt").write_text("no images here")
+    os.makedirs(tmp_path / "dogs")
+    with pytest.raises(ValueError, match=r"\['cats', 'dogs'\] contain no images"):
+        load_datasets(str(tmp_path))
+
+
+def test_missing_folder_fails(tmp_path):
+    with pytest.raises(ValueError, match="nowhere.*not a directory"):
+        load_datasets("folder:" + str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(validation_fraction=0), "validation_fraction=0:"),
+        (dict(validation_fraction=1.5), r"validation_fraction=1\.5:"),
+        (dict(validation_fraction=1), "validation_fraction=1:"),
+        (dict(batch_size=0), "batch_size=0:"),
+        (dict(batch_size=-3), "batch_size=-3:"),
+        (dict(image_size=(0, 8)), r"image_size=\(0, 8\):"),
+        (dict(image_size=(8,)), r"image_size=\(8,\):"),
+        (dict(augmentation="rotate"), "augmentation='rotate':"),
+        (dict(shuffle_buffer=0), "shuffle_buffer=0:"),
+    ],
+)
+def test_bad_arguments_fail_naming_the_value(kwargs, pattern):
+    # Argument checks come first: nothing is prepared, so no data_dir is needed.
+    with pytest.raises(ValueError, match=pattern):
+        load_datasets("digits", **kwargs)
+
+
+def test_folder_validation_fraction_must_leave_a_training_split(image_folder):
+    with pytest.raises(ValueError, match="validation_fraction=0.5"):
+        load_datasets(image_folder, validation_fraction=0.5)
+
+
+def test_offline_unprepared_dataset_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="'mnist' is not prepared in .*offline=True"):
+        load_datasets("mnist", data_dir=str(tmp_path), offline=True)
