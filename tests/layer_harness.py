@@ -508,6 +508,32 @@ def harness_tests(cases):
     )
 
 
+REQUIRED = object()  # marks a spec parameter without default
+
+
+def assert_signature(fn, spec, skip=0, none_ok=()):
+    """The parameters of ``fn`` (after ``self`` and ``skip`` leading ones)
+    start with ``spec``, a list of ``(name, default)`` (``REQUIRED`` for no
+    default), in that order and with those defaults. Extra parameters after
+    them are allowed. Names in ``none_ok`` may default to None instead of
+    being required."""
+    params = [
+        p for p in inspect.signature(fn).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ][skip:]
+    got = [p.name for p in params[: len(spec)]]
+    assert got == [name for name, _ in spec], f"parameters {got}, spec {spec}"
+    for p, (name, default) in zip(params, spec):
+        if default is REQUIRED:
+            assert p.default is inspect.Parameter.empty or (
+                name in none_ok and p.default is None
+            ), f"{name} should be required, has default {p.default!r}"
+        else:
+            assert p.default is not inspect.Parameter.empty and p.default == default, (
+                f"{name}: default {p.default!r}, spec says {default!r}"
+            )
+
+
 def assert_value_error(fn, *needles):
     """``fn()`` raises ValueError whose message contains every needle."""
     with pytest.raises(ValueError) as info:

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from layer_harness import (  # noqa: F401  (fixture is autouse)
+    REQUIRED,
     LayerCase,
     _restore_global_state,
+    assert_signature,
     assert_value_error,
     call_numpy,
     harness_tests,
@@ -154,6 +156,15 @@ def attend(layer, q, v, k=None, **kwargs):
     if k is not None:
         kwargs["key"] = k
     out, w = call_numpy(layer, (q, v), kwargs, return_attention_scores=True)
+    # The output must not depend on whether the scores are requested (a
+    # layer may take a fused path without them).
+    out_only = call_numpy(layer, (q, v), kwargs)
+    ref = out.astype("float32")
+    tol = ATOL if layer.compute_dtype == "float32" else 2e-2 * max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(
+        out_only.astype("float32"), ref, atol=tol,
+        err_msg="output differs with / without return_attention_scores",
+    )
     return out, w
 
 
@@ -575,6 +586,34 @@ def test_fully_masked_row_gives_zeros_not_nan(factory, dtype):
     out, w = attend(layer, q, v, k, attention_mask=att)
     assert np.all(np.isfinite(out.astype("float32")))
     assert np.all(per_head(w.astype("float32"))[1] == 0)
+
+
+# ----------------------------------------------------------------------------
+# Signatures from the spec
+# ----------------------------------------------------------------------------
+ATTENTION_CALL = [
+    ("query", REQUIRED), ("value", REQUIRED), ("key", None), ("attention_mask", None),
+    ("valid_lens", None), ("use_causal_mask", False), ("return_attention_scores", False),
+    ("training", None),
+]
+CONSTRUCTORS = {
+    "NadarayaWatsonAttention": [("trainable_bandwidth", False), ("initial_bandwidth", 1.0)],
+    "AdditiveAttention": [("units", REQUIRED), ("dropout", 0.0)],
+    "ScaledDotProductAttention": [("dropout", 0.0)],
+    "MultiHeadAttention": [
+        ("num_heads", REQUIRED), ("key_dim", REQUIRED), ("value_dim", None),
+        ("dropout", 0.0), ("use_bias", True), ("output_shape", None),
+        ("kernel_initializer", "glorot_uniform"), ("bias_initializer", "zeros"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+def test_signatures_follow_the_spec(name):
+    cls = layer_class(name)
+    assert issubclass(cls, keras.layers.Layer)
+    assert_signature(cls.__init__, CONSTRUCTORS[name], none_ok=("key_dim",))
+    assert_signature(cls.call, ATTENTION_CALL)
 
 
 # ----------------------------------------------------------------------------

@@ -11,8 +11,11 @@ import pytest
 import tensorflow as tf
 
 from layer_harness import (  # noqa: F401  (fixture is autouse)
+    REQUIRED,
     LayerCase,
     _restore_global_state,
+    assert_signature,
+    layer_class,
     assert_value_error,
     call_numpy,
     harness_tests,
@@ -122,6 +125,17 @@ def test_sinusoidal_too_long_input_is_an_error():
     layer = make("SinusoidalPositionEncoding", max_length=5)
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
         call_numpy(layer, (x,), {})
+
+
+def test_sinusoidal_variable_length_functional_model():
+    inputs = keras.Input(shape=(None, 6))
+    model = keras.Model(inputs, make("SinusoidalPositionEncoding", max_length=8)(inputs))
+    rng = np.random.default_rng(9)
+    for t in (3, 8):
+        x = rnd(rng, B, t, 6)
+        np.testing.assert_allclose(to_numpy(model(x)), x + np_sinusoidal(t, 6), atol=ATOL)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+        model(rnd(rng, B, 9, 6))
 
 
 def test_sinusoidal_dropout_only_in_training():
@@ -319,6 +333,25 @@ def test_class_token_is_prepended():
     for b in range(B):
         np.testing.assert_allclose(out[b, 0], token, atol=0)
     np.testing.assert_allclose(out[:, 1:], x, atol=0)
+
+
+# ----------------------------------------------------------------------------
+# Signatures from the spec
+# ----------------------------------------------------------------------------
+CONSTRUCTORS = {
+    "SinusoidalPositionEncoding": [("max_length", REQUIRED), ("dropout", 0.0)],
+    "SinCosPositionEncoding2D": [("grid_size", REQUIRED), ("temperature", 10000.0)],
+    "PositionEmbedding": [("sequence_length", REQUIRED), ("initializer", "truncated_normal")],
+    "PatchEmbedding": [("patch_size", REQUIRED), ("hidden_dim", REQUIRED)],
+    "ClassToken": [],
+}
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+def test_signatures_follow_the_spec(name):
+    cls = layer_class(name)
+    assert issubclass(cls, keras.layers.Layer)
+    assert_signature(cls.__init__, CONSTRUCTORS[name])
 
 
 # ----------------------------------------------------------------------------
