@@ -239,6 +239,14 @@ def test_position_embedding_adds_a_learned_table():
     np.testing.assert_allclose(call_numpy(layer, (x,), {}), x + table, atol=1e-6)
 
 
+def test_position_embedding_default_init_is_vit_truncated_normal():
+    layer = make("PositionEmbedding", sequence_length=64)
+    layer.build((None, 64, 64))
+    table = to_numpy(layer.trainable_weights[0])
+    assert 0.015 < table.std() < 0.025
+    assert np.abs(table).max() <= 2 * 0.02 + 1e-6  # truncated at two standard deviations
+
+
 def test_position_embedding_initializer_argument():
     x = np.zeros((B, 3, 4), "float32")
     layer = make("PositionEmbedding", sequence_length=3, initializer="zeros")
@@ -341,7 +349,8 @@ def test_class_token_is_prepended():
 CONSTRUCTORS = {
     "SinusoidalPositionEncoding": [("max_length", REQUIRED), ("dropout", 0.0)],
     "SinCosPositionEncoding2D": [("grid_size", REQUIRED), ("temperature", 10000.0)],
-    "PositionEmbedding": [("sequence_length", REQUIRED), ("initializer", "truncated_normal")],
+    # None means ViT's TruncatedNormal(stddev=0.02) (Keras' own default stddev is 0.05).
+    "PositionEmbedding": [("sequence_length", REQUIRED), ("initializer", None)],
     "PatchEmbedding": [("patch_size", REQUIRED), ("hidden_dim", REQUIRED)],
     "ClassToken": [],
 }
