@@ -129,7 +129,58 @@ def check_config(config):
         raise ValueError(f"--precision must be one of {PRECISIONS}; received {config.precision!r}")
 
 
-def _one_hot(num_classes):
+def warmup_cosine_schedule(learning_rate, total_steps, warmup_fraction=0.1):
+    """Keras' `CosineDecay` with a linear warm-up over `warmup_fraction` of the steps.
+
+    Args:
+        learning_rate: float. Peak learning rate, reached at the end of warm-up.
+        total_steps: int. Optimizer steps of the whole run.
+        warmup_fraction: float in [0, 1). Share of the steps spent warming up.
+
+    Returns:
+        A `keras.optimizers.schedules.CosineDecay`.
+    """
+    import keras
+
+    warmup_steps = int(warmup_fraction * total_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(total_steps - warmup_steps, 1),
+        warmup_target=learning_rate, warmup_steps=warmup_steps)
+
+
+def compile_for_training(model, total_steps, *, learning_rate, weight_decay=0.05,
+                         warmup_fraction=0.1, clipnorm=1.0, label_smoothing=0.1,
+                         jit_compile=True):
+    """Compiles `model` with AdamW on a warm-up + cosine schedule and smoothed cross-entropy.
+
+    Labels are one-hot (see `one_hot_labels`): Keras' sparse cross-entropy has no
+    label smoothing.
+
+    Args:
+        model: a Keras model producing logits.
+        total_steps: int. Optimizer steps of the whole run.
+        learning_rate, weight_decay, warmup_fraction, clipnorm, label_smoothing:
+            the optimisation hyperparameters.
+        jit_compile: bool. Compile the steps with XLA.
+
+    Example:
+    >>> compile_for_training(model, 100 * steps_per_epoch, learning_rate=1e-3)
+    """
+    import keras
+
+    optimizer = keras.optimizers.AdamW(
+        warmup_cosine_schedule(learning_rate, total_steps, warmup_fraction),
+        weight_decay=weight_decay, clipnorm=clipnorm)
+    model.compile(optimizer,
+                  keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                       label_smoothing=label_smoothing),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                  jit_compile=jit_compile)
+    return model
+
+
+def one_hot_labels(num_classes):
+    """A `Dataset.map` function turning int labels into one-hot vectors."""
     import tensorflow as tf
 
     return lambda images, labels: (images, tf.one_hot(labels, num_classes))
@@ -236,19 +287,12 @@ def train(config, log=print):
         model = vision_transformer(**kwargs)
         log(f"model {model.name}: {model.count_params():,} parameters")
         steps_per_epoch = int(data.train.cardinality().numpy())
-        total_steps = config.epochs * steps_per_epoch
-        warmup_steps = int(config.warmup_fraction * total_steps)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0, decay_steps=max(total_steps - warmup_steps, 1),
-            warmup_target=config.learning_rate, warmup_steps=warmup_steps)
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay,
-                                           clipnorm=config.clipnorm)
-        model.compile(optimizer,
-                      keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                           label_smoothing=config.label_smoothing),
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                      jit_compile=config.xla)
-        one_hot = _one_hot(info.num_classes)
+        compile_for_training(model, config.epochs * steps_per_epoch,
+                             learning_rate=config.learning_rate,
+                             weight_decay=config.weight_decay,
+                             warmup_fraction=config.warmup_fraction, clipnorm=config.clipnorm,
+                             label_smoothing=config.label_smoothing, jit_compile=config.xla)
+        one_hot = one_hot_labels(info.num_classes)
         train_ds, val_ds, test_ds = (d.map(one_hot) for d in (data.train, data.validation,
                                                                 data.test))
         history_path = os.path.join(run_dir, "history.csv")
