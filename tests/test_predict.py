@@ -1,0 +1,332 @@
+"""Tests of the `keras-vit predict` clients (pipelines/predict.py).
+
+One export of the tiny trained model (from tests/test_export.py) is served three
+ways: loaded locally (`--saved-model`), behind a stdlib HTTP server that speaks TF
+Serving's REST predict API, and behind a gRPC PredictionService; all three must
+print the same top-k labels.
+"""
+
+import base64
+import json
+import re
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from test_export import CLASS_NAMES, IMAGE_SHAPE, make_tiny_trained_model
+
+from pipelines import export, predict
+from pipelines.serving_checks import short_error
+
+MODEL_NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """An exported model (no fresh-process verification: test_export covers it)."""
+    model = make_tiny_trained_model()
+    base = tmp_path_factory.mktemp("savedmodels")
+    version_dir = export.export_model(
+        model, MODEL_NAME, base, class_names=CLASS_NAMES, top_k=3, verify=False, verbose=False
+    )
+    return model, version_dir, tf.saved_model.load(str(version_dir))
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """A PNG at the model size, a larger JPEG and a grey PNG, written as files."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(4)
+    images = {
+        "a.png": tf.io.encode_png(rng.integers(0, 256, IMAGE_SHAPE, dtype=np.uint8)),
+        "b.jpg": tf.io.encode_jpeg(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)),
+        "c.png": tf.io.encode_png(rng.integers(0, 256, (16, 16, 1), dtype=np.uint8)),
+    }
+    paths = []
+    for name, data in images.items():
+        paths.append(str(folder / name))
+        (folder / name).write_bytes(data.numpy())
+    return paths
+
+
+def _run_signature(loaded, signature_name, inputs):
+    """Call a signature the way the model server does; InvalidArgumentError propagates."""
+    function = loaded.signatures[signature_name]
+    return {k: v.numpy() for k, v in function(**inputs).items()}
+
+
+# ------------------------------------------------------------- stand-in servers
+
+
+class _RestHandler(BaseHTTPRequestHandler):
+    """TF Serving's REST predict API (row format), answered by the loaded SavedModel."""
+
+    def do_POST(self):
+        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/\d+)?:predict", self.path)
+        if not match or match.group(1) != MODEL_NAME:
+            return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        signature_name = body.get("signature_name", "serving_default")
+        signature = self.server.loaded.signatures[signature_name]
+        ((input_name, spec),) = signature.structured_input_signature[1].items()
+        values = [v["b64"] if isinstance(v, dict) else v for v in body["instances"]]
+        if spec.dtype == tf.string:
+            values = [base64.b64decode(v) for v in values]
+            tensor = tf.constant(values, tf.string, shape=[len(values)])
+        else:
+            tensor = tf.constant(np.asarray(values, np.float32).reshape(-1, *spec.shape[1:]))
+        try:
+            outputs = _run_signature(self.server.loaded, signature_name, {input_name: tensor})
+        except tf.errors.InvalidArgumentError as error:
+            return self._reply(400, {"error": short_error(error.message)})
+        rows = [
+            {key: _json_value(value[i]) for key, value in outputs.items()}
+            for i in range(len(values))
+        ]
+        self._reply(200, {"predictions": rows})
+
+    def _reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def _json_value(array):
+    if array.dtype == object:
+        return [v.decode() for v in array.tolist()]
+    return array.tolist()
+
+
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """TF Serving's gRPC Predict, answered by the loaded SavedModel."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    def Predict(self, request, context):
+        if request.model_spec.name != MODEL_NAME:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable {request.model_spec.name}")
+        signature_name = request.model_spec.signature_name or "serving_default"
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        try:
+            outputs = _run_signature(self.loaded, signature_name, inputs)
+        except tf.errors.InvalidArgumentError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, short_error(error.message))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.CopyFrom(request.model_spec)
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+
+@pytest.fixture(scope="module")
+def rest_server(served):
+    server = HTTPServer(("127.0.0.1", 0), _RestHandler)
+    server.loaded = served[2]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def grpc_server(served):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        _PredictionService(served[2]), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def run_cli(capsys, *argv):
+    code = predict.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --------------------------------------------------------------- end to end
+
+
+def test_saved_model_prints_the_models_top_k(served, image_files, capsys):
+    model, version_dir, _ = served
+    code, out, err = run_cli(capsys, *image_files, "--saved-model", str(version_dir))
+    assert code == 0, err
+    blocks = out.strip().split("\n")
+    assert blocks[0] == image_files[0] and len(blocks) == 3 * (1 + 3)
+    # The first file is at the model size: its printed ranking is the model's.
+    pixels = tf.io.decode_png(open(image_files[0], "rb").read()).numpy()[None]
+    probabilities = tf.nn.softmax(model(pixels.astype(np.float32))).numpy()[0]
+    best = np.argsort(-probabilities)[:3]
+    width = max(len(CLASS_NAMES[c]) for c in best)
+    expected = [
+        f"  {rank}. {CLASS_NAMES[c]:<{width}}  {probabilities[c]:.4f}"
+        for rank, c in enumerate(best, 1)
+    ]
+    assert blocks[1:4] == expected
+
+
+def test_rest_and_grpc_print_the_same_as_saved_model(
+    served, image_files, rest_server, grpc_server, capsys
+):
+    version_dir = str(served[1])
+    local = run_cli(capsys, *image_files, "--saved-model", version_dir)
+    rest = run_cli(capsys, *image_files, "--server", rest_server, "--model-name", MODEL_NAME)
+    grpc_ = run_cli(capsys, *image_files, "--grpc", grpc_server, "--model-name", MODEL_NAME)
+    assert local[0] == rest[0] == grpc_[0] == 0, (rest[2], grpc_[2])
+    assert local[1] == rest[1] == grpc_[1]
+
+
+def test_float_signature_and_options_agree(served, image_files, rest_server, capsys):
+    version_dir = str(served[1])
+    bytes_json = run_cli(capsys, *image_files, "--saved-model", version_dir, "--json")
+    float_signature = ["--signature", "serving_default", "--json"]
+    float_json = run_cli(capsys, *image_files, "--saved-model", version_dir, *float_signature)
+    rest = ["--server", rest_server, "--model-name", MODEL_NAME, "--image-size", "16,16"]
+    rest_float = run_cli(capsys, *image_files, *rest, *float_signature)
+    parsed = [json.loads(result[1]) for result in (bytes_json, float_json, rest_float)]
+    for rows in parsed[1:]:
+        for row, reference in zip(rows, parsed[0]):
+            assert [p["label"] for p in row["predictions"]] == [
+                p["label"] for p in reference["predictions"]
+            ]
+            np.testing.assert_allclose(
+                [p["score"] for p in row["predictions"]],
+                [p["score"] for p in reference["predictions"]],
+                atol=1e-6,
+            )
+    code, out, _ = run_cli(capsys, image_files[0], "--saved-model", version_dir, "--top-k", "1")
+    assert code == 0 and len(out.strip().splitlines()) == 2
+
+
+# ------------------------------------------------------------------- errors
+
+
+def test_truncated_file_is_a_clear_error_on_every_backend(
+    served, tmp_path, rest_server, grpc_server, image_files, capsys
+):
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(open(image_files[0], "rb").read()[:60])  # PNG header, then cut
+    for backend in (
+        ["--saved-model", str(served[1])],
+        ["--server", rest_server, "--model-name", MODEL_NAME],
+        ["--grpc", grpc_server, "--model-name", MODEL_NAME],
+    ):
+        code, _, err = run_cli(capsys, str(bad), *backend)
+        assert code == 1
+        assert err.startswith("keras-vit predict: error:") and "Invalid PNG" in err, err
+        assert "INVALID_ARGUMENT" in err or "HTTP 400" in err, err
+        # The server survives and answers the next good request.
+        code, out, _ = run_cli(capsys, image_files[0], *backend)
+        assert code == 0 and out.startswith(image_files[0])
+
+
+def test_unknown_model_and_unreachable_server(rest_server, grpc_server, image_files, capsys):
+    code, _, err = run_cli(capsys, image_files[0], "--server", rest_server, "--model-name", "nope")
+    assert code == 1 and "HTTP 404" in err
+    code, _, err = run_cli(capsys, image_files[0], "--grpc", grpc_server, "--model-name", "nope")
+    assert code == 1 and "NOT_FOUND" in err
+    with socket_closed_port() as port:
+        server = ["--server", f"http://127.0.0.1:{port}", "--model-name", "x", "--timeout", "5"]
+        code, _, err = run_cli(capsys, image_files[0], *server)
+    assert code == 1 and "cannot reach" in err
+
+
+def socket_closed_port():
+    """A context manager yielding a localhost port with nothing listening."""
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def closed():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        yield port
+
+    return closed()
+
+
+def test_non_image_file_is_refused_before_sending(tmp_path, image_files, capsys):
+    notes = tmp_path / "notes.png"
+    notes.write_text("definitely not a PNG")
+    server = ["--server", "http://127.0.0.1:1", "--model-name", "x"]
+    code, _, err = run_cli(capsys, image_files[0], str(notes), *server)
+    assert code == 1 and f"{notes} is not a JPEG, PNG" in err
+    assert [predict.image_format(open(p, "rb").read()) for p in image_files] == [
+        "PNG",
+        "JPEG",
+        "PNG",
+    ]
+
+
+def test_cli_requires_a_model_name_for_servers(image_files, capsys):
+    with pytest.raises(SystemExit):
+        predict.main([image_files[0], "--server", "http://127.0.0.1:1"])
+    assert "--model-name is required" in capsys.readouterr().err
+
+
+def test_cli_help_documents_every_option():
+    text = predict.build_parser().format_help()
+    options = "--server --grpc --saved-model --model-name --signature --image-size --top-k"
+    for option in (options + " --timeout --json").split():
+        assert option in text, option
+
+
+# ----------------------------------------------------- request/response helpers
+
+
+def test_build_rest_request_sends_files_as_b64():
+    body = predict.build_rest_request([b"\x89PNG\x00\xff", b"jpeg"])
+    assert body["signature_name"] == "serving_bytes"
+    assert [base64.b64decode(i["b64"]) for i in body["instances"]] == [b"\x89PNG\x00\xff", b"jpeg"]
+    json.dumps(body)  # serialisable as is
+    floats = predict.build_rest_request(np.zeros((1, 2, 2, 3)), "serving_default")
+    assert floats["instances"] == np.zeros((1, 2, 2, 3)).tolist()
+
+
+def test_parse_rest_response_row_columnar_and_error():
+    row = {"top_k_classes": [2, 0], "top_k_scores": [0.75, 0.25], "top_k_labels": ["bird", "cat"]}
+    rows = {"predictions": [row]}
+    outputs = predict.parse_rest_response(json.dumps(rows))
+    assert outputs["top_k_classes"].tolist() == [[2, 0]]
+    assert predict.top_k_predictions(outputs) == [[("bird", 0.75), ("cat", 0.25)]]
+    columnar = {"outputs": {"top_k_classes": [[1]], "top_k_scores": [[1.0]]}}
+    columns = predict.parse_rest_response(columnar)
+    assert predict.top_k_predictions(columns) == [[("1", 1.0)]]
+    with pytest.raises(predict.PredictError, match="bad pixels"):
+        predict.parse_rest_response({"error": "bad pixels"})
+
+
+def test_grpc_request_and_response_round_trip():
+    request = predict.build_grpc_request([b"a", b"bc"], "vit")
+    assert request.model_spec.name == "vit"
+    assert request.model_spec.signature_name == "serving_bytes"
+    proto = request.inputs["images_bytes"]
+    assert proto.dtype == tf.string.as_datatype_enum
+    assert tf.make_ndarray(proto).tolist() == [b"a", b"bc"]
+    response = predict_pb2.PredictResponse()
+    response.outputs["top_k_classes"].CopyFrom(tf.make_tensor_proto(np.array([[3]], np.int32)))
+    response.outputs["top_k_scores"].CopyFrom(tf.make_tensor_proto(np.array([[0.5]], np.float32)))
+    response.outputs["top_k_labels"].CopyFrom(tf.make_tensor_proto(np.array([[b"fish"]])))
+    outputs = predict.parse_grpc_response(response)
+    assert predict.top_k_predictions(outputs) == [[("fish", 0.5)]]
+
+
+def test_format_predictions():
+    text = predict.format_predictions(["x.png"], [[("cat", 0.91234), ("bird", 0.05)]])
+    assert text == "x.png\n  1. cat   0.9123\n  2. bird  0.0500"
