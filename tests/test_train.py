@@ -1,0 +1,407 @@
+"""Tests of the training job (pipelines/train.py) and its command line.
+
+Tiny models on the embedded digits set, XLA off and float32 (the slow parts of
+a real run are compilation and the precision probe, not arithmetic); every
+file goes under pytest's tmp paths. Exactly one run exports (with the
+fresh-process verification); the others pass --no-export.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from pipelines import train as train_module
+from pipelines.precision import PRECISIONS, choose_precision, cpu_has_bf16
+from pipelines.train import TrainConfig, main, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VENV_BIN = pathlib.Path(sys.executable).parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = dict(variant="Ti/2", hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
+REQUIRED_METRICS = ("test_accuracy", "test_loss", "train_images_per_second",
+                    "inference_images_per_second", "wall_seconds", "precision", "parameters",
+                    "svc_test_accuracy")
+
+
+def tiny_flags(batch_size=128):
+    flags = []
+    for key, value in TINY.items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags + ["--batch-size", str(batch_size), "--precision", "float32", "--no-xla",
+                    "--verbose", "0"]
+
+
+def tiny_parameters(image_shape=(8, 8, 1), num_classes=10, patch=2, pooling="gap"):
+    """Parameter count of the TINY ViT (digits preset pooling: gap), by hand."""
+    height, width, channels = image_shape
+    d, m = TINY["hidden_dim"], TINY["mlp_dim"]
+    tokens = (height // patch) * (width // patch) + (pooling == "token")
+    block = 2 * d + 4 * (d * d + d) + 2 * d + d * m + m + m * d + d
+    return (patch * patch * channels * d + d + (d if pooling == "token" else 0) + tokens * d
+            + TINY["depth"] * block + 2 * d + d * num_classes + num_classes)
+
+
+def subprocess_env():
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def read_history(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def complete_rows(path):
+    """Rows of a CSV that may be being written: only newline-terminated data lines count."""
+    try:
+        text = pathlib.Path(path).read_text()
+    except FileNotFoundError:
+        return 0
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete
+    return max(len(lines) - 1, 0)
+
+
+def run_main(argv):
+    """`pipelines.train.main(argv)` with its stdout/stderr captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _restore_dtype_policy():
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+# ------------------------------------------------------------ end to end (export on)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, digits_data_dir):
+    """One complete `keras-vit train` run: one epoch, baseline and verified export on."""
+    root = tmp_path_factory.mktemp("e2e")
+    run_dir, export_dir = root / "run", root / "savedmodels"
+    argv = tiny_flags() + ["--epochs", "1", "--deterministic", "--seed", "3",
+                           "--data-dir", digits_data_dir, "--export-dir", str(export_dir)]
+    policy = keras.config.dtype_policy()
+    try:
+        code, out, err = run_main(argv + ["--output-dir", str(run_dir)])
+    finally:
+        keras.config.set_dtype_policy(policy)
+    return dict(code=code, out=out, err=err, run_dir=run_dir, export_dir=export_dir, argv=argv)
+
+
+def test_cli_run_writes_every_artifact(cli_run):
+    assert cli_run["code"] == 0, cli_run["err"]
+    run_dir = cli_run["run_dir"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in REQUIRED_METRICS:
+        assert key in metrics, key
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert np.isfinite(metrics["test_loss"]) and metrics["test_loss"] > 0
+    assert metrics["train_images_per_second"] > 0
+    assert metrics["inference_images_per_second"] > 0
+    assert metrics["wall_seconds"] > 0
+    assert metrics["precision"] == "float32"
+    assert metrics["parameters"] == tiny_parameters()
+    assert metrics["epochs_this_run"] == 1 and metrics["resumed"] is False
+
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["epoch"] == [0.0]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(history[key]) == 1 and np.isfinite(history[key][0])
+    rows = read_history(run_dir / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [0]
+    assert float(rows[0]["loss"]) == pytest.approx(history["loss"][0])
+
+    import matplotlib.image
+
+    for name in ("training_curves.png", "confusion_matrix.png", "attention_maps.png"):
+        path = run_dir / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, name
+        pixels = matplotlib.image.imread(path)
+        assert pixels.shape[0] >= 100 and pixels.shape[1] >= 100, (name, pixels.shape)
+        assert pixels[..., :3].std() > 0.01, name  # not a blank canvas
+
+    best = keras.models.load_model(run_dir / "best.keras")
+    assert best.count_params() == tiny_parameters()
+    assert best.predict(np.zeros((2, 8, 8, 1), "float32"), verbose=0).shape == (2, 10)
+
+    events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+    version = cli_run["export_dir"] / "vit_digits" / "1"
+    assert (version / "saved_model.pb").is_file()
+    assert (version / "variables").is_dir()
+    assert not (run_dir / "backup").exists()  # a finished run leaves no resume state
+
+
+def test_cli_summary_prints_the_svc_baseline_beside_the_accuracy(cli_run):
+    metrics = json.loads((cli_run["run_dir"] / "metrics.json").read_text())
+    lines = cli_run["out"].splitlines()
+    accuracy_line = next(i for i, line in enumerate(lines) if line.startswith("test accuracy"))
+    assert f"{metrics['test_accuracy']:.4f}" in lines[accuracy_line]
+    assert lines[accuracy_line + 1].startswith("SVC baseline")
+    assert f"{metrics['svc_test_accuracy']:.4f}" in lines[accuracy_line + 1]
+
+
+def test_svc_baseline_equals_an_independent_sklearn_computation(cli_run):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.svm import SVC
+
+    digits = load_digits()
+    labels = digits.target
+    indices = np.arange(len(labels))
+    rest, test = train_test_split(indices, test_size=0.2, stratify=labels, random_state=0)
+    fit, _validation = train_test_split(rest, test_size=0.2, stratify=labels[rest],
+                                        random_state=0)
+    # The tfds set stores round(v * 255 / 16) as pixels; the baseline sees pixels / 255.
+    pixels = np.round(digits.images * 255.0 / 16.0).reshape(len(labels), -1) / 255.0
+    expected = SVC().fit(pixels[fit], labels[fit]).score(pixels[test], labels[test])
+    metrics = json.loads((cli_run["run_dir"] / "metrics.json").read_text())
+    assert abs(metrics["svc_test_accuracy"] - expected) <= 1e-9
+    assert expected > 0.95
+
+
+# -------------------------------------------------------------------- --help
+
+
+def test_help_of_the_console_script_and_the_module():
+    env = subprocess_env()
+    script = VENV_BIN / "keras-vit"
+    assert script.exists(), script
+    commands = [[str(script), "train", "--help"],
+                [sys.executable, "-m", "pipelines.train", "--help"]]
+    # Both at once: each spends its time importing TensorFlow.
+    processes = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for c in commands]
+    try:
+        outputs = [process.communicate(timeout=240) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for command, process, (out, err) in zip(commands, processes, outputs):
+        assert process.returncode == 0, (command, err[-2000:])
+        for option in ("--precision", "--xla", "--no-xla", "--epochs", "--dataset",
+                       "--output-dir", "--export-dir", "--data-dir", "--variant",
+                       "--deterministic", "--label-smoothing"):
+            assert option in out, (command, option)
+        for choice in ("mixed_float16", "mixed_bfloat16", "digits"):
+            assert choice in out, (command, choice)
+        assert "usage: keras-vit train" in out
+
+
+# ------------------------------------------------------------------- resume
+
+
+def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "pipelines.train", *tiny_flags(batch_size=32),
+               "--epochs", "4", "--no-export", "--no-baseline", "--data-dir", digits_data_dir,
+               "--output-dir", str(run_dir), "--export-dir", str(tmp_path / "savedmodels")]
+    env = subprocess_env()
+    history = run_dir / "history.csv"
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 400
+        try:
+            while complete_rows(history) < 1:
+                assert first.poll() is None, (
+                    "the first run ended before any epoch was logged:\n"
+                    + (tmp_path / "first.log").read_text()[-3000:])
+                assert time.monotonic() < deadline, "no epoch logged within the timeout"
+                time.sleep(0.2)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    rows_before = read_history(history)
+    assert 1 <= len(rows_before) < 4, "the first run was not interrupted mid-training"
+    assert (run_dir / "backup").is_dir()
+    assert not (run_dir / "metrics.json").exists()
+
+    second = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=500)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "resuming" in second.stdout.lower(), second.stdout[-3000:]
+    rows = read_history(history)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[:len(rows_before)] == rows_before  # earlier epochs kept, not retrained
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed"] is True
+    assert 1 <= metrics["epochs_this_run"] < 4
+    assert metrics["epochs_this_run"] == 4 - len(rows_before)
+    assert not (run_dir / "backup").exists()
+    assert (run_dir / "best.keras").is_file()
+
+
+# ------------------------------------------ finished run restarted / determinism
+
+
+@pytest.fixture(scope="module")
+def rerun(cli_run, tmp_path_factory):
+    """The end-to-end run started again, same flags and seed, in a copy of its finished folder.
+
+    Export and the SVC baseline come after training, so turning them off here
+    changes nothing the deterministic comparison looks at.
+    """
+    root = tmp_path_factory.mktemp("rerun")
+    run_dir = root / "run"
+    shutil.copytree(cli_run["run_dir"], run_dir)
+    before = read_history(run_dir / "history.csv")
+    policy = keras.config.dtype_policy()
+    try:
+        code, out, err = run_main(cli_run["argv"] + [
+            "--output-dir", str(run_dir), "--no-export", "--no-baseline"])
+    finally:
+        keras.config.set_dtype_policy(policy)
+    return dict(code=code, out=out, err=err, run_dir=run_dir, before=before)
+
+
+def test_finished_run_started_again_starts_fresh(cli_run, rerun):
+    assert rerun["code"] == 0, rerun["err"]
+    assert [int(r["epoch"]) for r in rerun["before"]] == [0]
+    rows = read_history(rerun["run_dir"] / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [0]  # replaced, not appended
+    metrics = json.loads((rerun["run_dir"] / "metrics.json").read_text())
+    assert metrics["resumed"] is False and metrics["epochs_this_run"] == 1
+    assert "svc_test_accuracy" not in metrics  # the old metrics.json was not merged
+    assert "resum" not in rerun["out"].lower()
+
+
+# --------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--dataset", "not_a_dataset"], "not_a_dataset"),
+    (["--variant", "Q/16"], "Q/16"),
+    (["--patch-size", "3"], "3"),
+    (["--dataset", "EMPTY_FOLDER"], "EMPTY_FOLDER"),
+    (["--epochs", "0"], "0"),
+    (["--label-smoothing", "1.5"], "1.5"),
+], ids=["unknown_dataset", "unknown_variant", "patch_not_dividing", "empty_folder",
+        "zero_epochs", "label_smoothing"])
+def test_bad_arguments_fail_before_training(tmp_path, digits_data_dir, flags, needle):
+    if "EMPTY_FOLDER" in flags:
+        empty = tmp_path / "empty_images"
+        empty.mkdir()
+        flags = [str(empty) if f == "EMPTY_FOLDER" else f for f in flags]
+        needle = str(empty)
+    run_dir = tmp_path / "run"
+    start = time.perf_counter()
+    code, out, err = run_main(tiny_flags() + ["--epochs", "1"] + flags + [
+        "--data-dir", digits_data_dir, "--output-dir", str(run_dir),
+        "--export-dir", str(tmp_path / "savedmodels"), "--no-export"])
+    assert code != 0
+    assert "error" in err and needle in err, err
+    assert needle in err.splitlines()[-1]
+    for artefact in ("history.csv", "best.keras", "backup", "metrics.json"):
+        assert not (run_dir / artefact).exists(), artefact
+    assert not (tmp_path / "savedmodels").exists()
+    assert time.perf_counter() - start < 60  # failed before any compile or fit
+
+
+def test_float64_precision_is_rejected_by_argparse(tmp_path, digits_data_dir, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["--precision", "float64", "--epochs", "1", "--data-dir", digits_data_dir,
+              "--output-dir", str(run_dir)])
+    assert info.value.code != 0
+    err = capsys.readouterr().err
+    assert "float64" in err and "--precision" in err
+    assert not run_dir.exists()
+
+
+def test_check_config_rejects_a_bad_precision_given_through_the_api(tmp_path, digits_data_dir):
+    config = TrainConfig(**TINY, epochs=1, precision="float64", data_dir=digits_data_dir,
+                         output_dir=str(tmp_path / "run"), export=False)
+    with pytest.raises(ValueError, match="float64"):
+        train(config, log=lambda message: None)
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------- precision
+
+
+def test_choose_precision_explicit_auto_and_unknown():
+    for requested in ("float32", "mixed_float16", "mixed_bfloat16"):
+        for hardware in (dict(), dict(has_gpu=True), dict(has_gpu=False, has_bf16_cpu=False)):
+            policy, reason = choose_precision(requested, **hardware)
+            assert policy == requested  # explicit values are returned as they are
+            assert isinstance(reason, str) and reason
+
+    rules = {(True, True): "mixed_float16", (True, False): "mixed_float16",
+             (False, True): "mixed_bfloat16", (False, False): "float32"}
+    for (gpu, bf16), expected in rules.items():
+        policy, reason = choose_precision("auto", has_gpu=gpu, has_bf16_cpu=bf16)
+        assert policy == expected, (gpu, bf16)
+        assert reason.startswith("auto")
+
+    import tensorflow as tf
+
+    policy, reason = choose_precision("auto")
+    on_this_machine = rules[(bool(tf.config.list_physical_devices("GPU")), cpu_has_bf16())]
+    assert policy == on_this_machine
+    assert policy in PRECISIONS and policy != "auto" and "auto" in reason
+    keras.mixed_precision.Policy(policy)  # a valid Keras policy name
+    assert choose_precision() == (policy, reason)  # "auto" is the default
+
+    for bad in ("float64", "bfloat16", "AUTO"):
+        with pytest.raises(ValueError, match=bad):
+            choose_precision(bad)
+
+
+def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\n"
+    for extra, expected in (("avx512_bf16", True), ("amx_bf16 amx_tile", True), ("", False)):
+        path = tmp_path / f"cpuinfo_{expected}_{len(extra)}"
+        path.write_text(flags.format(extra))
+        assert cpu_has_bf16(str(path)) is expected, extra
+    assert cpu_has_bf16(str(tmp_path / "missing")) is False
+
+
+def test_train_module_exposes_a_parser_matching_the_config():
+    args = train_module.build_parser().parse_args([])
+    assert set(vars(args)) <= {f.name for f in train_module.dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**vars(args)).resolved()
+    assert config.dataset == "digits" and config.precision == "auto" and config.xla is True
+
+
+# Last, so that `pytest -x` runs everything else first.
+def test_deterministic_runs_repeat_exactly(cli_run, rerun):
+    """Same seed + --deterministic + float32: the same history and test metrics.
+
+    Both runs happen in this process, like two calls of `train(config)`.
+    """
+    first = json.loads((cli_run["run_dir"] / "metrics.json").read_text())
+    second = json.loads((rerun["run_dir"] / "metrics.json").read_text())
+    first_rows = read_history(cli_run["run_dir"] / "history.csv")
+    second_rows = read_history(rerun["run_dir"] / "history.csv")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([float(r[key]) for r in first_rows],
+                                   [float(r[key]) for r in second_rows], atol=1e-6,
+                                   err_msg=key)
+    assert first["test_accuracy"] == pytest.approx(second["test_accuracy"], abs=1e-6)
+    assert first["test_loss"] == pytest.approx(second["test_loss"], abs=1e-6)
