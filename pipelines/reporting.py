@@ -26,6 +26,10 @@ def read_history_csv(path):
         return {}
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
+    # A run killed between writing a row and backing up its epoch repeats that
+    # epoch when resumed: keep the last row of each epoch.
+    by_epoch = {row.get("epoch", str(index)): row for index, row in enumerate(rows)}
+    rows = [by_epoch[key] for key in sorted(by_epoch, key=float)]
     history = {}
     for row in rows:
         for key, value in row.items():

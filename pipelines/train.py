@@ -210,14 +210,18 @@ def _callbacks(run_dir, resumed_best, timer):
     import keras
 
     return [
-        # Restore first so the other callbacks see the resumed epoch.
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.ModelCheckpoint(
             os.path.join(run_dir, "best.keras"), monitor="val_accuracy", mode="max",
             save_best_only=True, initial_value_threshold=resumed_best),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
         timer,
+        # Last at each epoch end: an epoch is backed up only once its row and best
+        # checkpoint are written (a kill in between repeats the epoch, and
+        # `read_history_csv` keeps the later row). Two alternating backup files,
+        # so a kill during the save leaves the previous one intact.
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
+                                         double_checkpoint=True),
     ]
 
 
@@ -264,6 +268,8 @@ def train(config, log=print):
 
     job_start = time.perf_counter()
     run_dir = config.output_dir
+    # Before any tf.data op: TensorFlow derives op seeds from the global seed.
+    keras.utils.set_random_seed(config.seed)
     data = load_datasets(config.dataset, batch_size=config.batch_size,
                          image_size=config.image_size, data_dir=config.data_dir,
                          offline=config.offline, augmentation=config.augmentation,

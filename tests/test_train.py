@@ -222,37 +222,43 @@ def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
     env = subprocess_env()
     history = run_dir / "history.csv"
 
+    backup_metadata = run_dir / "backup" / "training_metadata.json"
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
                                  stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 400
         try:
-            while complete_rows(history) < 1:
+            # Killed once an epoch is finished and backed up (the backup is the last
+            # thing written at an epoch end).
+            while not backup_metadata.exists():
                 assert first.poll() is None, (
-                    "the first run ended before any epoch was logged:\n"
+                    "the first run ended before any epoch was backed up:\n"
                     + (tmp_path / "first.log").read_text()[-3000:])
-                assert time.monotonic() < deadline, "no epoch logged within the timeout"
+                assert time.monotonic() < deadline, "no epoch backed up within the timeout"
                 time.sleep(0.2)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL
-    rows_before = read_history(history)
-    assert 1 <= len(rows_before) < 4, "the first run was not interrupted mid-training"
-    assert (run_dir / "backup").is_dir()
+    backed_up = json.loads(backup_metadata.read_text())["epoch"]  # epochs finished
+    assert 1 <= backed_up < 4, "the first run was not interrupted mid-training"
+    rows_before = read_history(history)[:backed_up]
+    assert [int(r["epoch"]) for r in rows_before] == list(range(backed_up))
     assert not (run_dir / "metrics.json").exists()
 
     second = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=500)
     assert second.returncode == 0, second.stdout[-3000:]
     assert "resuming" in second.stdout.lower(), second.stdout[-3000:]
-    rows = read_history(history)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
-    assert rows[:len(rows_before)] == rows_before  # earlier epochs kept, not retrained
+    # history.json keeps one row per epoch (a kill between an epoch's CSV row and its
+    # backup repeats that epoch on resume; the later row wins).
+    resumed = json.loads((run_dir / "history.json").read_text())
+    assert [int(e) for e in resumed["epoch"]] == [0, 1, 2, 3]
+    for row in rows_before:  # epochs finished before the kill are kept, not retrained
+        assert resumed["loss"][int(row["epoch"])] == pytest.approx(float(row["loss"]))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed"] is True
-    assert 1 <= metrics["epochs_this_run"] < 4
-    assert metrics["epochs_this_run"] == 4 - len(rows_before)
+    assert metrics["epochs_this_run"] == 4 - backed_up
     assert not (run_dir / "backup").exists()
     assert (run_dir / "best.keras").is_file()
 
