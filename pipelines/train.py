@@ -411,7 +411,7 @@ def build_parser():
     data.add_argument("--offline", action="store_true",
                       help="never touch the network: the tfds dataset must be prepared already")
     data.add_argument("--image-size", type=_image_size, help="resize images to HEIGHT,WIDTH")
-    data.add_argument("--augmentation", choices=("none", "flip", "crop", "crop_flip"),
+    data.add_argument("--augmentation", choices=("none", "flip", "crop", "crop_flip", "affine"),
                       help="training augmentation (default: what suits the data)")
     data.add_argument("--deterministic", action="store_true",
                       help="reproducible input order and augmentation")

@@ -9,6 +9,7 @@ import collections
 import os
 
 import numpy as np
+import tensorflow as tf
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -427,3 +428,35 @@ def test_folder_validation_fraction_must_leave_a_training_split(image_folder):
 def test_offline_unprepared_dataset_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="'mnist' is not prepared in .*offline=True"):
         load_datasets("mnist", data_dir=str(tmp_path), offline=True)
+
+
+def test_rotate_zoom_matches_scipy_affine_transform():
+    """The affine augmentation's warp against scipy's bilinear affine_transform."""
+    from scipy import ndimage
+
+    from pipelines.data import rotate_zoom
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, size=(9, 7, 2)).astype("float32")
+    angle, zoom = 0.3, 1.15
+    got = rotate_zoom(tf.constant(image), angle, zoom).numpy()
+    # scipy maps output (row, col) to input matrix @ (row, col) + offset.
+    c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
+    matrix = np.array([[c, s], [-s, c]])  # (row, col) form of R(angle) / zoom in (x, y)
+    centre = np.array([(9 - 1) / 2, (7 - 1) / 2])
+    offset = centre - matrix @ centre
+    expected = np.stack([ndimage.affine_transform(image[..., k], matrix, offset=offset, order=1,
+                                                  mode="grid-constant", cval=0.0)
+                         for k in range(2)], axis=-1)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_affine_augmentation_keeps_shape_range_and_is_deterministic(tmp_path):
+    first = load_datasets("digits", batch_size=16, data_dir=str(tmp_path), augmentation="affine",
+                          deterministic=True, seed=3)
+    images, _ = next(iter(first.train))
+    assert images.shape[1:] == (8, 8, 1) and images.dtype == tf.float32
+    assert float(tf.reduce_min(images)) >= 0.0 and float(tf.reduce_max(images)) <= 255.0 + 1e-3
+    again = load_datasets("digits", batch_size=16, data_dir=str(tmp_path), augmentation="affine",
+                          deterministic=True, seed=3)
+    np.testing.assert_array_equal(images.numpy(), next(iter(again.train))[0].numpy())
