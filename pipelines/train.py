@@ -14,13 +14,14 @@ Example:
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
 import time
 
 import numpy as np
+
+from pipelines.cli_args import image_size, safe_name
 
 DEFAULT_DATASET = "digits"
 
@@ -84,14 +85,11 @@ class TrainConfig:
             if values.get(key) is None:
                 values[key] = value
         values["output_dir"] = values["output_dir"] or os.path.join(
-            "runs", _safe_name(self.dataset))
-        values["model_name"] = values["model_name"] or f"vit_{_safe_name(self.dataset)}"
+            "runs", safe_name(self.dataset))
+        values["model_name"] = values["model_name"] or f"vit_{safe_name(self.dataset)}"
         return TrainConfig(**values)
 
 
-def _safe_name(text):
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in os.path.basename(
-        str(text).rstrip("/"))).strip("_") or "dataset"
 
 
 def model_kwargs(config, info):
@@ -107,7 +105,6 @@ def model_kwargs(config, info):
 
 def check_config(config):
     """Fails before any data is read or model trained, naming the bad value."""
-    from keras_vit.models import vision_transformer  # noqa: F401  (import cost only)
     from keras_vit.models.vit import parse_variant
 
     parse_variant(config.variant)
@@ -384,13 +381,6 @@ def _summary(metrics, run_dir, log):
         log(f"SavedModel     {metrics['export']}")
 
 
-def _image_size(text):
-    parts = [int(p) for p in text.replace("x", ",").split(",")]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH or SIZE; received {text!r}")
-    return tuple(parts)
 
 
 def build_parser():
@@ -410,7 +400,7 @@ def build_parser():
     data.add_argument("--data-dir", help="tensorflow-datasets data directory")
     data.add_argument("--offline", action="store_true",
                       help="never touch the network: the tfds dataset must be prepared already")
-    data.add_argument("--image-size", type=_image_size, help="resize images to HEIGHT,WIDTH")
+    data.add_argument("--image-size", type=image_size, help="resize images to HEIGHT,WIDTH")
     data.add_argument("--augmentation", choices=("none", "flip", "crop", "crop_flip", "affine"),
                       help="training augmentation (default: what suits the data)")
     data.add_argument("--deterministic", action="store_true",

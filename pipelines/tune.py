@@ -39,6 +39,8 @@ import socket
 import sys
 import time
 
+from pipelines.cli_args import image_size, safe_name
+
 DEFAULT_DATASET = "digits"
 TUNERS = ("random", "hyperband", "bayesian", "grid")
 DEFAULT_PROJECT = "search"
@@ -81,29 +83,14 @@ class TuneConfig:
     def resolved(self):
         """A copy with the dataset-dependent defaults filled in."""
         values = dataclasses.asdict(self)
-        name = _safe_name(self.dataset)
+        name = safe_name(self.dataset)
         values["output_dir"] = values["output_dir"] or os.path.join("runs", f"tune_{name}")
         values["model_name"] = values["model_name"] or f"vit_{name}_tuned"
         return TuneConfig(**values)
 
 
-def _safe_name(text):
-    """A dataset name or path as a folder/model-name fragment (as `keras-vit train` does)."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in os.path.basename(
-        str(text).rstrip("/"))).strip("_") or "dataset"
 
 
-def _image_size(text):
-    """`--image-size` value: `HEIGHT,WIDTH`, `HEIGHTxWIDTH` or `SIZE`."""
-    try:
-        parts = [int(p) for p in text.replace("x", ",").split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH or SIZE; received {text!r}")
-    return tuple(parts)
 
 
 # ---------------------------------------------------------------- search-space input
@@ -679,7 +666,7 @@ def build_parser():
     data.add_argument("--data-dir", help="tensorflow-datasets data directory")
     data.add_argument("--offline", action="store_true",
                       help="never touch the network: the tfds dataset must be prepared already")
-    data.add_argument("--image-size", type=_image_size, help="resize images to HEIGHT,WIDTH")
+    data.add_argument("--image-size", type=image_size, help="resize images to HEIGHT,WIDTH")
     data.add_argument("--augmentation", choices=("none", "flip", "crop", "crop_flip"),
                       help="training augmentation (default: what suits the data)")
     data.add_argument("--deterministic", action="store_true",

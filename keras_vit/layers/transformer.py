@@ -1,7 +1,6 @@
 """Transformer encoder and decoder blocks, pre-norm (ViT) or post-norm (original)."""
 
 import keras
-from keras import ops
 
 from keras_vit.layers.feed_forward import DropPath, PositionWiseFeedForward
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
