@@ -50,6 +50,9 @@ AUGMENTATIONS = ("none", "flip", "crop", "crop_flip", "affine")
 #: then the random crop shift; measured on digits in README.md.
 AFFINE_DEGREES = 10.0
 AFFINE_ZOOM = 0.1
+#: Share of images warped; the rest keep their sharp (never interpolated) pixels,
+#: which is what evaluation sees.
+AFFINE_PROBABILITY = 0.5
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 #: tfds split names accepted as "the dataset's own validation split".
@@ -684,14 +687,17 @@ def _augmenter(kind, shape):
 
 
 def _random_rotate_zoom(image, seed):
-    """Rotates by up to +-AFFINE_DEGREES and zooms by up to +-AFFINE_ZOOM about the centre.
+    """With probability AFFINE_PROBABILITY, rotates by up to +-AFFINE_DEGREES and zooms
+    by up to +-AFFINE_ZOOM about the centre.
 
-    One stateless draw per image, so `deterministic=True` runs repeat exactly.
+    Stateless draws per image, so `deterministic=True` runs repeat exactly.
     """
-    angle_seed, zoom_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    angle_seed, zoom_seed, apply_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
     angle = tf.random.stateless_uniform((), angle_seed, -1.0, 1.0) * (AFFINE_DEGREES * np.pi / 180)
     zoom = 1.0 + tf.random.stateless_uniform((), zoom_seed, -AFFINE_ZOOM, AFFINE_ZOOM)
-    return rotate_zoom(image, angle, zoom)
+    apply = tf.random.stateless_uniform((), apply_seed) < AFFINE_PROBABILITY
+    return tf.where(apply, rotate_zoom(image, angle, zoom), image)
 
 
 def rotate_zoom(image, angle, zoom):
