@@ -1,3 +1,13 @@
-"""keras-vit: Vision Transformers for Keras 3, from attention pooling to serving."""
+"""keras-vit: Vision Transformers for Keras 3, from attention pooling to serving.
+
+Importing the package registers every layer with Keras' serialization, so a
+`.keras` file using them loads with plain `keras.models.load_model`.
+
+Example:
+>>> import keras, keras_vit
+>>> model = keras.models.load_model("runs/digits/best.keras")
+"""
+
+from keras_vit import layers  # noqa: F401  (registers the serializable layers)
 
 __version__ = "0.1.0"

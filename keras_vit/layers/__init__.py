@@ -22,11 +22,12 @@ from keras_vit.layers.position import (
     sinusoidal_table,
 )
 from keras_vit.layers.transformer import TransformerDecoderBlock, TransformerEncoderBlock
+from keras_vit.layers.views import ShiftedViews, ViewAverage
 
 __all__ = [
     "AddNorm", "AdditiveAttention", "ClassToken", "DropPath", "MultiHeadAttention",
     "NadarayaWatsonAttention", "PatchEmbedding", "PositionEmbedding", "PositionWiseFeedForward",
-    "ScaledDotProductAttention", "SinCosPositionEncoding2D", "SinusoidalPositionEncoding",
-    "TokenPooling", "TransformerDecoderBlock", "TransformerEncoderBlock", "causal_mask", "masked_softmax",
+    "ScaledDotProductAttention", "ShiftedViews", "SinCosPositionEncoding2D", "SinusoidalPositionEncoding",
+    "TokenPooling", "TransformerDecoderBlock", "TransformerEncoderBlock", "ViewAverage", "causal_mask", "masked_softmax",
     "merge_masks", "sincos_2d_table", "sinusoidal_table",
 ]

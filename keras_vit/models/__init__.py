@@ -10,7 +10,8 @@ from keras_vit.models.attention_maps import (
     attention_weights,
     rollout_maps,
 )
+from keras_vit.models.tta import shift_averaged
 from keras_vit.models.vit import VIT_VARIANTS, parse_variant, vision_transformer
 
 __all__ = ["VIT_VARIANTS", "attention_rollout", "attention_weights",
-           "parse_variant", "rollout_maps", "vision_transformer"]
+           "parse_variant", "rollout_maps", "shift_averaged", "vision_transformer"]
