@@ -641,7 +641,10 @@ def _finish(
         )
     else:
         ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label))
-    ds = ds.batch(batch_size).prefetch(AUTOTUNE)
+    # Training drops the ragged last batch (reshuffled, so every example is still
+    # seen): one batch shape means one traced and compiled train step.
+    ds = ds.batch(batch_size, drop_remainder=training and num_examples >= batch_size)
+    ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     # Validation/test order is part of the contract ("never shuffled").
     options.deterministic = bool(deterministic) or not training

@@ -269,6 +269,7 @@ def train(config, log=print):
     from pipelines.precision import choose_precision
 
     job_start = time.perf_counter()
+    phases = {}  # wall seconds per phase, in metrics.json
     run_dir = config.output_dir
     # Before any tf.data op: TensorFlow derives op seeds from the global seed.
     keras.utils.set_random_seed(config.seed)
@@ -276,6 +277,7 @@ def train(config, log=print):
                          image_size=config.image_size, data_dir=config.data_dir,
                          offline=config.offline, augmentation=config.augmentation,
                          seed=config.seed, deterministic=config.deterministic)
+    phases["data"] = time.perf_counter() - job_start
     info = data.info
     kwargs = model_kwargs(config, info)
     vision_transformer(**kwargs)  # fail on a bad architecture before anything is written
@@ -297,8 +299,7 @@ def train(config, log=print):
                              warmup_fraction=config.warmup_fraction, clipnorm=config.clipnorm,
                              label_smoothing=config.label_smoothing, jit_compile=config.xla)
         one_hot = one_hot_labels(info.num_classes)
-        train_ds, val_ds, test_ds = (d.map(one_hot) for d in (data.train, data.validation,
-                                                                data.test))
+        train_ds, val_ds = data.train.map(one_hot), data.validation.map(one_hot)
         history_path = os.path.join(run_dir, "history.csv")
         previous = reporting.read_history_csv(history_path)
         resumed_best = max(previous["val_accuracy"]) if previous.get("val_accuracy") else None
@@ -306,23 +307,23 @@ def train(config, log=print):
         start = time.perf_counter()
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                   callbacks=_callbacks(run_dir, resumed_best, timer), verbose=config.verbose)
-        train_seconds = time.perf_counter() - start
+        train_seconds = phases["fit"] = time.perf_counter() - start
 
+        evaluate_start = time.perf_counter()
         best_path = os.path.join(run_dir, "best.keras")
         best = keras.models.load_model(best_path) if os.path.exists(best_path) else model
-        single_loss, single_accuracy = best.evaluate(test_ds, verbose=0)
-        final = best
-        if config.tta_shift:
-            final = shift_averaged(best, config.tta_shift)
-            final.compile(loss=best.loss, metrics=[keras.metrics.CategoricalAccuracy(
-                name="accuracy")])
-        test_loss, test_accuracy = final.evaluate(test_ds, verbose=0)
+        # One predict pass per model on the small test set: not worth an XLA compile.
+        best.jit_compile = False
+        final = shift_averaged(best, config.tta_shift) if config.tta_shift else best
         x_test, y_test = dataset_to_numpy(data.test)
-        final.predict(x_test[:config.batch_size], verbose=0)  # compile outside the timing
+        single_loss, single_accuracy = _score(best, x_test, y_test, config)
+        final.predict(x_test[:config.batch_size], verbose=0)  # trace outside the timing
         start = time.perf_counter()
         logits = final.predict(x_test, batch_size=config.batch_size, verbose=0)
         inference_seconds = time.perf_counter() - start
+        test_loss, test_accuracy = _loss_and_accuracy(logits, y_test, config)
         predictions = np.argmax(logits, axis=-1)
+        phases["evaluate"] = time.perf_counter() - evaluate_start
         steady = timer.seconds[1:] or timer.seconds
         metrics = {
             "dataset": info.name, "model": best.name, "parameters": int(best.count_params()),
@@ -332,27 +333,52 @@ def train(config, log=print):
             "tta_shift": config.tta_shift,
             "test_accuracy_single_view": float(single_accuracy),
             "test_loss_single_view": float(single_loss),
-            "train_images_per_second": float(info.num_train / np.median(steady)) if steady else None,
+            "train_images_per_second": (float(steps_per_epoch * config.batch_size
+                                              / np.median(steady)) if steady else None),
             "inference_images_per_second": float(len(x_test) / inference_seconds),
             "train_wall_seconds": train_seconds,
+            "epoch_seconds": [round(t, 3) for t in timer.seconds],
             "config": dataclasses.asdict(config),
         }
+        start = time.perf_counter()
         if config.baseline:
             plain = load_datasets(config.dataset, batch_size=256, image_size=config.image_size,
                                   data_dir=config.data_dir, offline=True, augment=False,
                                   seed=config.seed)
             baseline = svc_baseline(dataset_to_numpy(plain.train), (x_test, y_test))
             metrics["svc_test_accuracy"] = baseline["accuracy"]
+        phases["baseline"] = time.perf_counter() - start
+        start = time.perf_counter()
         _write_artifacts(run_dir, metrics, best, info, x_test, y_test, predictions, reporting,
                          rollout_maps)
+        phases["artifacts"] = time.perf_counter() - start
         if config.export:
+            start = time.perf_counter()
             metrics["export"] = str(_export(final, config, info, x_test, log))
+            phases["export"] = time.perf_counter() - start
+        metrics["phase_seconds"] = phases
         metrics["wall_seconds"] = time.perf_counter() - job_start
         reporting.write_json(os.path.join(run_dir, "metrics.json"), metrics)
         _summary(metrics, run_dir, log)
         return metrics
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def _loss_and_accuracy(logits, labels, config):
+    """Test loss (the training loss: smoothed cross-entropy) and accuracy of `logits`."""
+    import keras
+
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                label_smoothing=config.label_smoothing)
+    one_hot = np.eye(logits.shape[-1], dtype="float32")[labels]
+    value = float(keras.ops.convert_to_numpy(loss(one_hot, logits.astype("float32"))))
+    return value, float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def _score(model, images, labels, config):
+    return _loss_and_accuracy(model.predict(images, batch_size=config.batch_size, verbose=0),
+                              labels, config)
 
 
 def _write_artifacts(run_dir, metrics, model, info, x_test, y_test, predictions, reporting,
