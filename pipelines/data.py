@@ -167,6 +167,7 @@ def load_datasets(
     deterministic=False,
     cache=True,
     shuffle_buffer=10_000,
+    drop_remainder=False,
 ) -> Datasets:
     """Builds the train / validation / test pipelines of a data source.
 
@@ -199,6 +200,9 @@ def load_datasets(
             CACHE_BUDGET_BYTES, False never caches, a string is a file prefix for
             an on-disk cache (one file set per split).
         shuffle_buffer: shuffle buffer size for the training split (> 0).
+        drop_remainder: drop the training split's last, smaller batch (when there
+            is at least one full batch). One batch shape means one traced and
+            compiled train step; reshuffling still shows every example.
 
     Returns:
         `Datasets` with batched, prefetched `train`, `validation` and `test` of
@@ -242,6 +246,7 @@ def load_datasets(
             seed=seed,
             deterministic=deterministic,
             shuffle_buffer=shuffle_buffer,
+            drop_remainder=drop_remainder,
             **common,
         ),
         validation=_finish(splits.validation, "validation", info.num_validation, **common),
@@ -623,6 +628,7 @@ def _finish(
     seed=0,
     deterministic=True,
     shuffle_buffer=1,
+    drop_remainder=False,
 ):
     """Cache -> (train: shuffle, augment) -> float32 -> batch -> prefetch."""
     ds = _maybe_cache(ds, role, num_examples, cache)
@@ -641,9 +647,7 @@ def _finish(
         )
     else:
         ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label))
-    # Training drops the ragged last batch (reshuffled, so every example is still
-    # seen): one batch shape means one traced and compiled train step.
-    ds = ds.batch(batch_size, drop_remainder=training and num_examples >= batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder and num_examples >= batch_size)
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     # Validation/test order is part of the contract ("never shuffled").

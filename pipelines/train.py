@@ -280,7 +280,8 @@ def train(config, log=print):
     data = load_datasets(config.dataset, batch_size=config.batch_size,
                          image_size=config.image_size, data_dir=config.data_dir,
                          offline=config.offline, augmentation=config.augmentation,
-                         seed=config.seed, deterministic=config.deterministic)
+                         seed=config.seed, deterministic=config.deterministic,
+                         drop_remainder=True)
     phases["data"] = time.perf_counter() - job_start
     info = data.info
     kwargs = model_kwargs(config, info)
@@ -349,8 +350,7 @@ def train(config, log=print):
         }
         start = time.perf_counter()
         if config.baseline and info.num_train <= SVC_MAX_TRAIN:
-            # One batch of the whole split: every training image, none augmented.
-            plain = load_datasets(config.dataset, batch_size=info.num_train,
+            plain = load_datasets(config.dataset, batch_size=1024,
                                   image_size=config.image_size, data_dir=config.data_dir,
                                   offline=True, augment=False, seed=config.seed)
             baseline = svc_baseline(dataset_to_numpy(plain.train), (x_test, y_test))

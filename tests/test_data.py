@@ -460,3 +460,11 @@ def test_affine_augmentation_keeps_shape_range_and_is_deterministic(tmp_path):
     again = load_datasets("digits", batch_size=16, data_dir=str(tmp_path), augmentation="affine",
                           deterministic=True, seed=3)
     np.testing.assert_array_equal(images.numpy(), next(iter(again.train))[0].numpy())
+
+
+def test_drop_remainder_gives_one_training_batch_shape(tmp_path):
+    data = load_datasets("digits", batch_size=64, data_dir=str(tmp_path), drop_remainder=True)
+    sizes = [int(images.shape[0]) for images, _ in data.train]
+    assert sizes == [64] * (1149 // 64)
+    # Evaluation splits keep every example.
+    assert sum(int(labels.shape[0]) for _, labels in data.test) == 360
