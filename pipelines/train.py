@@ -72,6 +72,7 @@ class TrainConfig:
     tta_shift: int = None
     precision: str = "auto"
     xla: bool = True
+    distribute: str = "none"
     seed: int = 0
     deterministic: bool = False
     output_dir: str = None
@@ -111,8 +112,12 @@ def model_kwargs(config, info):
 def check_config(config):
     """Fails before any data is read or model trained, naming the bad value."""
     from keras_vit.models.vit import parse_variant
+    from pipelines.distribute import STRATEGIES
 
     parse_variant(config.variant)
+    if config.distribute not in STRATEGIES:
+        raise ValueError(f"--distribute must be one of {STRATEGIES}; "
+                         f"received {config.distribute!r}")
     for name in ("epochs", "batch_size"):
         value = getattr(config, name)
         if not isinstance(value, int) or value <= 0:
@@ -270,6 +275,7 @@ def train(config, log=print):
     from pipelines import reporting
     from pipelines.baselines import dataset_to_numpy, svc_baseline
     from pipelines.data import load_datasets
+    from pipelines.distribute import make_strategy
     from pipelines.precision import choose_precision
 
     job_start = time.perf_counter()
@@ -295,14 +301,18 @@ def train(config, log=print):
     log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}")
     try:
         keras.utils.set_random_seed(config.seed)
-        model = vision_transformer(**kwargs)
-        log(f"model {model.name}: {model.count_params():,} parameters")
+        strategy = make_strategy(config.distribute)
         steps_per_epoch = int(data.train.cardinality().numpy())
-        compile_for_training(model, config.epochs * steps_per_epoch,
-                             learning_rate=config.learning_rate,
-                             weight_decay=config.weight_decay,
-                             warmup_fraction=config.warmup_fraction, clipnorm=config.clipnorm,
-                             label_smoothing=config.label_smoothing, jit_compile=config.xla)
+        with strategy.scope():  # variables and optimizer slots live on the strategy's devices
+            model = vision_transformer(**kwargs)
+            compile_for_training(model, config.epochs * steps_per_epoch,
+                                 learning_rate=config.learning_rate,
+                                 weight_decay=config.weight_decay,
+                                 warmup_fraction=config.warmup_fraction,
+                                 clipnorm=config.clipnorm,
+                                 label_smoothing=config.label_smoothing, jit_compile=config.xla)
+        log(f"model {model.name}: {model.count_params():,} parameters; distribution: "
+            f"{config.distribute} ({strategy.num_replicas_in_sync} replica(s))")
         one_hot = one_hot_labels(info.num_classes)
         train_ds, val_ds = data.train.map(one_hot), data.validation.map(one_hot)
         history_path = os.path.join(run_dir, "history.csv")
@@ -487,6 +497,10 @@ def build_parser():
                             "bf16 (AMX/AVX-512 BF16, where it is faster), float32 otherwise")
     optim.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
                        help="compile train and predict steps with XLA (faster on this CPU)")
+    optim.add_argument("--distribute", default="none",
+                       choices=("none", "mirrored", "multi_worker"),
+                       help="tf.distribute strategy: one device, all local GPUs (or the CPU), "
+                            "or the workers in TF_CONFIG; the batch size is the global one")
     optim.add_argument("--seed", type=int, default=0, help="random seed")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", help="run folder (default runs/<dataset>); rerunning with "

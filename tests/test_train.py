@@ -348,6 +348,33 @@ def test_check_config_rejects_a_bad_precision_given_through_the_api(tmp_path, di
     assert not (tmp_path / "run").exists()
 
 
+def test_training_under_a_mirrored_strategy(tmp_path, digits_data_dir):
+    """`--distribute mirrored` builds and trains the model under tf.distribute."""
+    import tensorflow as tf
+
+    messages = []
+    config = TrainConfig(**TINY, epochs=2, batch_size=128, precision="float32", xla=False,
+                         distribute="mirrored", data_dir=digits_data_dir,
+                         output_dir=str(tmp_path / "run"), export=False, baseline=False,
+                         verbose=0)
+    metrics = train(config, log=messages.append)
+    replicas = tf.distribute.MirroredStrategy().num_replicas_in_sync
+    assert any(f"distribution: mirrored ({replicas} replica(s))" in m for m in messages), messages
+    assert metrics["epochs_this_run"] == 2
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["loss"][1] < history["loss"][0]  # it learns under the strategy
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_unknown_distribution_strategy_fails_before_training(tmp_path, digits_data_dir):
+    config = TrainConfig(**TINY, epochs=1, distribute="parameter_server",
+                         data_dir=digits_data_dir, output_dir=str(tmp_path / "run"),
+                         export=False)
+    with pytest.raises(ValueError, match="parameter_server"):
+        train(config, log=lambda message: None)
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------- precision
 
 
