@@ -195,24 +195,22 @@ def one_hot_labels(num_classes):
     return lambda images, labels: (images, tf.one_hot(labels, num_classes))
 
 
-class EpochTimer:
-    """Keras callback recording each epoch's wall time (for images/s without compile time)."""
+def epoch_timer():
+    """A Keras callback whose `seconds` lists each epoch's wall time (images/s without compile)."""
+    import keras
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
 
-        class _EpochTimer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds = []
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start = time.perf_counter()
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
 
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return _EpochTimer()
+    return EpochTimer()
 
 
 def _callbacks(run_dir, resumed_best, timer):
@@ -318,7 +316,7 @@ def train(config, log=print):
         history_path = os.path.join(run_dir, "history.csv")
         previous = reporting.read_history_csv(history_path)
         resumed_best = max(previous["val_accuracy"]) if previous.get("val_accuracy") else None
-        timer = EpochTimer()
+        timer = epoch_timer()
         start = time.perf_counter()
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                   callbacks=_callbacks(run_dir, resumed_best, timer), verbose=config.verbose)

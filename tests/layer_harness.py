@@ -541,3 +541,8 @@ def assert_value_error(fn, *needles):
     msg = str(info.value)
     for n in needles:
         assert str(n) in msg, f"ValueError message {msg!r} does not mention {n!r}"
+
+
+def rnd(rng, *shape, scale=1.0):
+    """float32 standard-normal array of `shape` (times `scale`) from `rng`."""
+    return (rng.normal(size=shape) * scale).astype("float32")

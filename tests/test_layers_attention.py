@@ -28,15 +28,13 @@ from layer_harness import (  # noqa: F401  (fixture is autouse)
     np_mha,
     np_valid_lens_mask,
     random_weights_,
+    rnd,
     to_numpy,
 )
 
 B = 2
 ATOL = 1e-5
 
-
-def rnd(rng, *shape, scale=1.0):
-    return (rng.normal(size=shape) * scale).astype("float32")
 
 
 # ----------------------------------------------------------------------------

@@ -21,15 +21,13 @@ from layer_harness import (  # noqa: F401  (fixture is autouse)
     harness_tests,
     make,
     random_weights_,
+    rnd,
     to_numpy,
 )
 
 B = 2
 ATOL = 1e-5
 
-
-def rnd(rng, *shape):
-    return rng.normal(size=shape).astype("float32")
 
 
 def _x(*shape):

@@ -7,6 +7,11 @@ from keras_vit.layers.multi_head_attention import MultiHeadAttention
 from keras_vit.layers.validation import check_positive_int, check_rate
 
 
+def _with_scores(result, return_attention_scores):
+    """An attention call's result as `(output, weights or None)`."""
+    return result if return_attention_scores else (result, None)
+
+
 class _TransformerBlock(keras.layers.Layer):
     """Configuration, validation and residual wiring shared by both blocks."""
 
@@ -107,10 +112,10 @@ class TransformerEncoderBlock(_TransformerBlock):
     def call(self, inputs, attention_mask=None, valid_lens=None, return_attention_scores=False,
              training=None):
         def attend(h):
-            result = self.attention(h, h, attention_mask=attention_mask, valid_lens=valid_lens,
-                                    return_attention_scores=return_attention_scores,
-                                    training=training)
-            return result if return_attention_scores else (result, None)
+            return _with_scores(self.attention(
+                h, h, attention_mask=attention_mask, valid_lens=valid_lens,
+                return_attention_scores=return_attention_scores, training=training),
+                return_attention_scores)
 
         x, scores = self._residual(inputs, self.norm1, attend, training)
         x = self._mlp_residual(x, training)
@@ -192,11 +197,10 @@ class TransformerDecoderBlock(_TransformerBlock):
 
         def self_attend(h):
             if self_attention_cache is None:
-                result = self.self_attention(h, h, attention_mask=self_attention_mask,
-                                             use_causal_mask=True,
-                                             return_attention_scores=return_attention_scores,
-                                             training=training)
-                return result if return_attention_scores else (result, None)
+                return _with_scores(self.self_attention(
+                    h, h, attention_mask=self_attention_mask, use_causal_mask=True,
+                    return_attention_scores=return_attention_scores, training=training),
+                    return_attention_scores)
             result = self.self_attention.call_with_cache(
                 h, self_attention_cache, cache_update_index, self_attention_mask,
                 return_attention_scores, training)
@@ -204,11 +208,10 @@ class TransformerDecoderBlock(_TransformerBlock):
             return result[0], (result[2] if return_attention_scores else None)
 
         def cross_attend(h):
-            result = self.cross_attention(h, encoder_outputs, attention_mask=encoder_attention_mask,
-                                          valid_lens=encoder_valid_lens,
-                                          return_attention_scores=return_attention_scores,
-                                          training=training)
-            return result if return_attention_scores else (result, None)
+            return _with_scores(self.cross_attention(
+                h, encoder_outputs, attention_mask=encoder_attention_mask,
+                valid_lens=encoder_valid_lens, return_attention_scores=return_attention_scores,
+                training=training), return_attention_scores)
 
         x, self_scores = self._residual(inputs, self.norm1, self_attend, training)
         x, cross_scores = self._residual(x, self.norm2, cross_attend, training)
