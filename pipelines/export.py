@@ -217,69 +217,6 @@ def encode_png(images):
 # --------------------------------------------------------------------------------------
 
 
-def decode_image_bytes(image_bytes, image_shape):
-    """Decode one encoded image into float32 `[H, W, C]` pixels, as training does.
-
-    Works in a graph (inside the `serving_bytes` signature) and eagerly (clients that
-    call `serving_default` with files). A non-image or truncated file raises
-    `InvalidArgumentError` from `DecodeImage`.
-
-    Args:
-        image_bytes: scalar tf.string, a JPEG, PNG, GIF (first frame) or BMP file;
-            decoded to C channels (grey <-> RGB converted), resized if not H x W.
-        image_shape: `(H, W, C)`.
-
-    Example:
-        >>> decode_image_bytes(tf.io.read_file("cat.jpg"), (32, 32, 3)).shape
-        TensorShape([32, 32, 3])
-    """
-    import tensorflow as tf
-
-    height, width, channels = image_shape
-    image = tf.io.decode_image(
-        image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False
-    )
-    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
-    # Explicit tf.cond: ExportArchive traces endpoints with autograph off.
-    image = tf.cond(
-        same_size,
-        lambda: tf.cast(image, tf.float32),
-        lambda: resize_like_training(image, (height, width)),
-    )
-    return tf.ensure_shape(image, (height, width, channels))
-
-
-def resize_like_training(image, size):
-    """Resize pixels exactly as `pipelines/data.py` does for training images.
-
-    Bilinear with antialiasing (no aliasing when shrinking), clipped to [0, 255].
-    Keep in sync with `pipelines.data._resize`: a different resize at serving time
-    is a silent train/serve skew (tests compare the two).
-    """
-    import tensorflow as tf
-
-    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def decode_image_batch(images_bytes, image_shape):
-    """Decode a `[batch]` tf.string tensor into float32 `[batch, H, W, C]`.
-
-    An empty batch gives `[0, H, W, C]`: `tf.map_fn` with a `fn_output_signature`
-    handles it, and the reshape restores the static image dims that the
-    stacked empty TensorList loses at run time.
-    """
-    import tensorflow as tf
-
-    images = tf.map_fn(
-        lambda data: decode_image_bytes(data, image_shape),
-        images_bytes,
-        fn_output_signature=tf.TensorSpec(image_shape, tf.float32),
-    )
-    batch = tf.shape(images_bytes)[0]
-    return tf.reshape(images, tf.concat([[batch], list(image_shape)], axis=0))
-
-
 def check_float_images(images, image_shape):
     """In-graph checks on `serving_default` input; failures are INVALID_ARGUMENT.
 
@@ -351,6 +288,8 @@ def build_serving_fns(model, *, class_names=None, top_k=5):
         return classify(images)
 
     def serving_bytes(images_bytes):
+        from pipelines.data.images import decode_image_batch
+
         return classify(decode_image_batch(images_bytes, image_shape))
 
     return {

@@ -94,16 +94,16 @@ def read_images(paths):
 def decode_for_float_signature(images_bytes, image_shape):
     """Decode and resize files for `serving_default`: float32 `[N, H, W, C]`.
 
-    Uses the exporter's `decode_image_bytes`, i.e. the same ops as `serving_bytes`.
+    Uses `pipelines.data.images.decode_image`, the same ops as `serving_bytes` and training.
     """
     import tensorflow as tf
 
-    from pipelines.export import decode_image_bytes
+    from pipelines.data.images import decode_image
     from pipelines.serving_checks import short_error
 
     try:
         decoded = [
-            decode_image_bytes(tf.constant(data), tuple(image_shape)).numpy()
+            decode_image(tf.constant(data), tuple(image_shape)).numpy()
             for data in images_bytes
         ]
     except tf.errors.InvalidArgumentError as error:

@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipelines import export, serving_checks
+from pipelines.data import images
 
 IMAGE_SHAPE = (16, 16, 3)
 CLASS_NAMES = ["cat", "dog", "bird", "fish"]
@@ -205,24 +206,10 @@ def test_serving_bytes_resizes_like_the_training_pipeline(exported):
     gray = pixel_images(1, shape=(16, 16, 1), seed=12)[0].astype(np.uint8)
     files = [tf.io.encode_png(big).numpy(), tf.io.encode_png(gray).numpy()]
     outputs = serve(exported, "serving_bytes", files)
-    resized = export.resize_like_training(big, IMAGE_SHAPE[:2]).numpy()
+    resized = images.resize_pixels(big, IMAGE_SHAPE[:2]).numpy()
     rgb = np.repeat(gray, 3, axis=-1).astype(np.float32)  # decode_image(channels=3)
     expected = keras_probabilities(exported.model, np.stack([resized, rgb]))
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
-
-
-def test_serving_resize_is_the_training_resize(tmp_path):
-    """The graph's decode+resize gives the very pixels pipelines/data.py trains on."""
-    data = pytest.importorskip("pipelines.data")
-    decoder = getattr(data, "_folder_decoder", None)
-    if decoder is None:
-        pytest.skip("pipelines.data has no _folder_decoder to compare with")
-    image = pixel_images(1, shape=(23, 37, 3), seed=13)[0].astype(np.uint8)
-    path = tmp_path / "x.png"
-    path.write_bytes(tf.io.encode_png(image).numpy())
-    trained_on, _ = decoder(IMAGE_SHAPE[:2], IMAGE_SHAPE[2])(tf.constant(str(path)), 0)
-    served = export.decode_image_bytes(tf.io.read_file(str(path)), IMAGE_SHAPE)
-    np.testing.assert_array_equal(served.numpy(), trained_on.numpy())
 
 
 def test_serving_bytes_accepts_gif_and_bmp(exported):

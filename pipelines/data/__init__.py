@@ -37,6 +37,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pipelines import digits_dataset  # Registers the "uci_digits" tfds builder.
+from pipelines.data.images import decode_image, resize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -470,17 +471,10 @@ def _tfds_decoder(native_shape, image_size):
             # e.g. uint16 PNGs: rescale to the shared [0, 255] convention.
             image = tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
         if image_size is not None and tuple(native_shape[:2]) != tuple(image_size):
-            image = _resize(image, image_size)
+            image = resize_pixels(image, image_size)
         return image, tf.cast(label, tf.int32)
 
     return decode
-
-
-def _resize(image, size):
-    # antialias avoids aliasing when shrinking; bilinear weights are convex, the
-    # clip only guards against rounding so the [0, 255] contract always holds.
-    image = tf.image.resize(tf.cast(image, tf.float32), size, antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
 
 
 # --------------------------------------------------------------------------- folder
@@ -597,18 +591,11 @@ def _decode_file(path):
 
 
 def _folder_decoder(size, channels):
-    """Map fn: (path, label) -> (float32 image resized to `size`, label)."""
-    height, width = size
+    """Map fn: (path, label) -> (float32 image of `size`, label), via `decode_image`."""
+    image_shape = (size[0], size[1], channels)
 
     def decode(path, label):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=channels, expand_animations=False
-        )
-        same = tf.reduce_all(tf.shape(image)[:2] == tf.constant([height, width]))
-        image = tf.cond(
-            same, lambda: tf.cast(image, tf.float32), lambda: _resize(image, size)
-        )
-        return tf.ensure_shape(image, (height, width, channels)), label
+        return decode_image(tf.io.read_file(path), image_shape), label
 
     return decode
 

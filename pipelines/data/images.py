@@ -1,0 +1,103 @@
+"""The one image-decoding path of keras-vit: training input, serving and clients.
+
+Every place that turns encoded image files into model input calls `decode_image`
+(or `decode_image_batch`): the folder input pipeline (`pipelines.data`), the
+exported `serving_bytes` signature and the local predict client. A second copy
+of these few ops would be a silent train/serve skew, so there is none.
+
+Conventions: float32 pixels in raw [0, 255] scale, shape `(H, W, C)`; grey and
+colour are converted to the requested channel count by `tf.io.decode_image`;
+images of another size are resized by `resize_pixels`.
+
+Example:
+    >>> import tensorflow as tf
+    >>> from pipelines.data.images import decode_image
+    >>> decode_image(tf.io.read_file("cat.jpg"), (32, 32, 3)).shape
+    TensorShape([32, 32, 3])
+"""
+
+import tensorflow as tf
+
+#: `tf.image.resize` method used whenever an image is not the model's size.
+RESIZE_METHOD = "bilinear"
+
+
+def resize_pixels(image, size):
+    """Resize `[H, W, C]` (or batched) pixels to `size`, staying in [0, 255].
+
+    Bilinear with antialiasing (no aliasing when shrinking). Bilinear weights are
+    convex; the clip only guards against rounding so the [0, 255] contract holds.
+
+    Args:
+        image: tensor of pixels, any numeric dtype.
+        size: `(height, width)`.
+
+    Returns:
+        float32 tensor of the new size.
+
+    Example:
+        >>> resize_pixels(tf.zeros((4, 4, 1), tf.uint8), (8, 8)).shape
+        TensorShape([8, 8, 1])
+    """
+    image = tf.image.resize(
+        tf.cast(image, tf.float32), size, method=RESIZE_METHOD, antialias=True
+    )
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def decode_image(image_bytes, image_shape):
+    """Decode one encoded image into float32 `[H, W, C]` pixels.
+
+    Works in a graph (tf.data map functions, the `serving_bytes` signature) and
+    eagerly (clients). A non-image or truncated file raises `InvalidArgumentError`
+    from `DecodeImage`.
+
+    Args:
+        image_bytes: scalar tf.string, a JPEG, PNG, GIF (first frame) or BMP file.
+        image_shape: `(H, W, C)`: decoded to C channels (grey <-> RGB converted),
+            resized with `resize_pixels` when the file is not H x W.
+
+    Returns:
+        float32 tensor of shape `image_shape`, values in [0, 255].
+
+    Example:
+        >>> decode_image(tf.io.read_file("cat.jpg"), (32, 32, 3)).shape
+        TensorShape([32, 32, 3])
+    """
+    height, width, channels = image_shape
+    image = tf.io.decode_image(
+        image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False
+    )
+    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
+    # Explicit tf.cond: ExportArchive traces endpoints with autograph off.
+    image = tf.cond(
+        same_size,
+        lambda: tf.cast(image, tf.float32),
+        lambda: resize_pixels(image, (height, width)),
+    )
+    return tf.ensure_shape(image, (height, width, channels))
+
+
+def decode_image_batch(images_bytes, image_shape):
+    """Decode a `[batch]` tf.string tensor into float32 `[batch, H, W, C]`.
+
+    An empty batch gives `[0, H, W, C]`: `tf.map_fn` with a `fn_output_signature`
+    handles it, and the reshape restores the static image dims that the stacked
+    empty TensorList loses at run time.
+
+    Args:
+        images_bytes: 1-D tf.string tensor of encoded images.
+        image_shape: `(H, W, C)`.
+
+    Example:
+        >>> decode_image_batch(tf.constant([png_bytes]), (8, 8, 1)).shape
+        TensorShape([1, 8, 8, 1])
+    """
+    image_shape = tuple(image_shape)
+    images = tf.map_fn(
+        lambda data: decode_image(data, image_shape),
+        images_bytes,
+        fn_output_signature=tf.TensorSpec(image_shape, tf.float32),
+    )
+    batch = tf.shape(images_bytes)[0]
+    return tf.reshape(images, tf.concat([[batch], list(image_shape)], axis=0))
