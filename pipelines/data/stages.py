@@ -1,0 +1,82 @@
+"""The stages every source shares: cache -> shuffle -> augment -> batch -> prefetch.
+
+Conventions: images leave as float32 in raw [0, 255] scale, labels int32;
+validation and test are never augmented nor shuffled, and their order is
+deterministic.
+
+Example:
+    >>> from pipelines.data.stages import finish
+    >>> batched = finish(ds, "validation", 288, batch_size=64, cache=True)
+"""
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines.data.augmentation import augmenter
+
+log = logging.getLogger("pipelines.data")
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+#: `cache=True` keeps a split in memory only if its decoded images fit in this.
+CACHE_BUDGET_BYTES = 2 * 1024**3
+
+
+def finish(ds, role, num_examples, *, batch_size, cache, training=False,
+           augmentation="none", seed=0, deterministic=True, shuffle_buffer=1,
+           drop_remainder=False):
+    """Cache -> (train: shuffle, augment) -> float32 -> batch -> prefetch.
+
+    Args:
+        ds: unbatched (image, label) dataset of one split.
+        role: "train", "validation" or "test" (names the on-disk cache files).
+        num_examples: examples in `ds` (sizes the cache and the shuffle buffer).
+        batch_size, cache, augmentation, seed, deterministic, shuffle_buffer,
+        drop_remainder: as for `load_datasets`.
+        training: shuffle and augment (the training split only).
+
+    Returns:
+        The batched, prefetched dataset.
+    """
+    ds = maybe_cache(ds, role, num_examples, cache)
+    if training:
+        ds = ds.shuffle(
+            min(shuffle_buffer, max(num_examples, 1)), seed=seed, reshuffle_each_iteration=True
+        )
+    if training and augmentation != "none":
+        # Stateless ops fed with per-example seeds from a seeded random stream:
+        # reproducible even with parallel map, and different every epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        augment = augmenter(augmentation, ds.element_spec[0].shape)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda example, s: (augment(tf.cast(example[0], tf.float32), s), example[1]),
+            num_parallel_calls=AUTOTUNE,
+        )
+    else:
+        ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label))
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder and num_examples >= batch_size)
+    ds = ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    # Validation/test order is part of the contract ("never shuffled").
+    options.deterministic = bool(deterministic) or not training
+    return ds.with_options(options)
+
+
+def maybe_cache(ds, role, num_examples, cache):
+    """Caches `ds` on disk (cache is a path prefix) or in memory (when it fits).
+
+    Example:
+        >>> maybe_cache(ds, "train", 1149, "/tmp/cache/digits")  # /tmp/cache/digits-train*
+    """
+    if cache is False:
+        return ds
+    if isinstance(cache, str):
+        return ds.cache(f"{cache}-{role}")
+    spec = ds.element_spec[0]
+    nbytes = num_examples * int(np.prod(spec.shape)) * spec.dtype.size
+    if nbytes > CACHE_BUDGET_BYTES:
+        log.info("not caching %s split: %.1f GiB > budget", role, nbytes / 1024**3)
+        return ds
+    return ds.cache()
