@@ -1,4 +1,4 @@
-"""Tests of the input pipelines (pipelines/data.py, pipelines/digits_dataset.py).
+"""Tests of the input pipelines (the pipelines/data package, pipelines/digits_dataset.py).
 
 Everything is written under pytest's tmp paths and nothing is downloaded: the
 digits come from scikit-learn, tfds datasets by name are mocked with
@@ -225,6 +225,8 @@ def test_digits_resize_and_offline_preparation(tmp_path):
     assert data.info.image_shape == (16, 12, 1)
     assert images.shape == (8, 16, 12, 1)
     assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
+    assert data.info.conversions == "uci_digits: resized all 1797 images from 8x8 to 16x12"
+    assert load_datasets("digits", data_dir=str(tmp_path)).info.conversions == ""
 
 
 def test_describe_sources_mentions_every_kind():
@@ -291,86 +293,6 @@ def test_tfds_own_validation_split_is_used_and_variable_size_needs_image_size(tm
     assert images.shape == (5, 10, 12, 3)
 
 
-# ---------------------------------------------------------------- image folder
-
-FOLDER_CLASSES = ("cat", "dog", "emu")
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """3 classes x 10 RGB images of 12x10 (H x W), half PNG, half JPEG.
-
-    Image i of class c is a flat colour 8 * (10 * c + i), so every file can be
-    recognised after decoding (JPEG keeps flat colours within +-1).
-    """
-    root = tmp_path_factory.mktemp("images")
-    for c, name in enumerate(FOLDER_CLASSES):
-        os.makedirs(root / name)
-        for i in range(10):
-            value = 8 * (10 * c + i)
-            pixels = np.full((12, 10, 3), value, np.uint8)
-            ext = "png" if i % 2 else "jpg"
-            Image.fromarray(pixels).save(root / name / f"img{i:02d}.{ext}")
-    (root / "notes.txt").write_text("not a class")  # Stray files are ignored.
-    return str(root)
-
-
-def file_ids(images):
-    """Recover the file id 10 * class + index from flat-colour images."""
-    return np.round(images.reshape(len(images), -1).mean(axis=1) / 8).astype(int).tolist()
-
-
-def test_image_folder_classes_counts_and_stratified_split(image_folder):
-    data = load_datasets(image_folder, batch_size=7, augment=False)  # Keep colours flat.
-    info = data.info
-    assert info.class_names == list(FOLDER_CLASSES) and info.num_classes == 3
-    assert info.image_shape == (12, 10, 3)
-    assert (info.num_train, info.num_validation, info.num_test) == (18, 6, 6)
-    ids = {}
-    for split in SPLITS:
-        x, y = collect(getattr(data, split))
-        assert x.dtype == np.float32 and x.shape[1:] == (12, 10, 3)
-        assert collections.Counter(y.tolist()) == {
-            label: {"train": 6}.get(split, 2) for label in range(3)
-        }
-        ids[split] = file_ids(x)
-        assert [i // 10 for i in ids[split]] == y.tolist()  # Labels follow files.
-    # Disjoint and complete: every file exactly once.
-    assert sorted(ids["train"] + ids["validation"] + ids["test"]) == list(range(30))
-
-
-def test_image_folder_split_is_seeded(image_folder):
-    def validation_ids(seed):
-        return file_ids(collect(load_datasets(image_folder, seed=seed).validation)[0])
-
-    assert validation_ids(0) == validation_ids(0)
-    assert validation_ids(0) != validation_ids(1)
-
-
-def test_image_folder_prefix_resize_and_augmentation(image_folder):
-    data = load_datasets(
-        "folder:" + image_folder, image_size=(6, 5), batch_size=4, augmentation="crop_flip"
-    )
-    images, labels = next(iter(data.train))
-    assert data.info.image_shape == (6, 5, 3)
-    assert images.shape == (4, 6, 5, 3) and labels.dtype.name == "int32"
-    assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 255.0
-
-
-def test_grayscale_image_folder_has_one_channel(tmp_path):
-    for name in ("a", "b"):
-        os.makedirs(tmp_path / name)
-        for i in range(3):
-            Image.fromarray(np.full((5, 7), 40 * i, np.uint8), mode="L").save(
-                tmp_path / name / f"{i}.png"
-            )
-    data = load_datasets(str(tmp_path), batch_size=2)
-    assert data.info.image_shape == (5, 7, 1)
-    assert (data.info.num_train, data.info.num_validation, data.info.num_test) == (2, 2, 2)
-    x, _ = collect(data.validation)
-    assert x.shape == (2, 5, 7, 1)
-
-
 # ------------------------------------------------------------------- bad input
 
 
@@ -380,24 +302,6 @@ def test_unknown_dataset_name_fails_before_touching_data_dir(tmp_path):
     with pytest.raises(ValueError, match="'mnsit'.*did you mean 'mnist'"):
         load_datasets("mnsit", data_dir=str(tmp_path))
     assert os.listdir(tmp_path) == []
-
-
-def test_empty_folder_fails(tmp_path):
-    with pytest.raises(ValueError, match="no class sub-folders"):
-        load_datasets(str(tmp_path))
-
-
-def test_folder_without_images_fails(tmp_path):
-    os.makedirs(tmp_path / "cats")
-    (tmp_path / "cats" / "readme.txt").write_text("no images here")
-    os.makedirs(tmp_path / "dogs")
-    with pytest.raises(ValueError, match=r"\['cats', 'dogs'\] contain no images"):
-        load_datasets(str(tmp_path))
-
-
-def test_missing_folder_fails(tmp_path):
-    with pytest.raises(ValueError, match="nowhere.*not a directory"):
-        load_datasets("folder:" + str(tmp_path / "nowhere"))
 
 
 @pytest.mark.parametrize(
@@ -412,17 +316,14 @@ def test_missing_folder_fails(tmp_path):
         (dict(image_size=(8,)), r"image_size=\(8,\):"),
         (dict(augmentation="rotate"), "augmentation='rotate':"),
         (dict(shuffle_buffer=0), "shuffle_buffer=0:"),
+        (dict(on_bad_image="ignore"), r"on_bad_image='ignore': expected one of \['error', 'skip'\]"),
+        (dict(on_bad_image=None), "on_bad_image=None:"),
     ],
 )
 def test_bad_arguments_fail_naming_the_value(kwargs, pattern):
     # Argument checks come first: nothing is prepared, so no data_dir is needed.
     with pytest.raises(ValueError, match=pattern):
         load_datasets("digits", **kwargs)
-
-
-def test_folder_validation_fraction_must_leave_a_training_split(image_folder):
-    with pytest.raises(ValueError, match="validation_fraction=0.5"):
-        load_datasets(image_folder, validation_fraction=0.5)
 
 
 def test_offline_unprepared_dataset_fails_clearly(tmp_path):
@@ -468,3 +369,12 @@ def test_drop_remainder_gives_one_training_batch_shape(tmp_path):
     assert sizes == [64] * (1149 // 64)
     # Evaluation splits keep every example.
     assert sum(int(labels.shape[0]) for _, labels in data.test) == 360
+
+
+def test_old_digits_module_reexports_the_one_registered_builder(digits_dir):
+    import pipelines.digits_dataset as old_path
+    from pipelines.data import digits
+
+    assert old_path.UciDigits is digits.UciDigits
+    builder = tfds.builder(old_path.BUILDER_NAME, data_dir=digits_dir)
+    assert type(builder) is digits.UciDigits and builder.is_prepared()
