@@ -9,14 +9,18 @@ import collections
 import os
 
 import numpy as np
-import tensorflow as tf
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from pipelines.data import describe_sources, load_datasets
+from pipelines.data import (
+    AUGMENTATIONS,
+    BAD_IMAGE_POLICIES,
+    describe_sources,
+    load_datasets,
+)
 
 SPLITS = ("train", "validation", "test")
 EXPECTED_DIGITS_SIZES = {"train": 1149, "validation": 288, "test": 360}
@@ -231,8 +235,11 @@ def test_digits_resize_and_offline_preparation(tmp_path):
 
 def test_describe_sources_mentions_every_kind():
     text = describe_sources()
-    for word in ("digits", "mnist", "folder:", "crop_flip"):
+    for word in ("digits", "mnist", "folder:", "train/", "val/", "test/"):
         assert word in text
+    # The choice lists CLI parsers use are the ones the help text lists.
+    assert "augmentations (training split only): " + ", ".join(AUGMENTATIONS) in text
+    assert "bad-image policies: " + ", ".join(BAD_IMAGE_POLICIES) in text
 
 
 # ------------------------------------------------------------------ tfds by name

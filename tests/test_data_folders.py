@@ -240,8 +240,8 @@ def test_split_folders_with_different_classes_fail_naming_them(tmp_path):
 @pytest.mark.parametrize(
     "folders, pattern",
     [
-        (("train", "extra"), r"mixes split sub-folders \['train'\] with other sub-folders "
-                             r"\['extra'\]"),
+        (("train", "extra"), (r"mixes split sub-folders \['train'\] with other "
+                              r"sub-folders \['extra'\]")),
         (("train", "val", "validation"), "has both val/ and validation/"),
         (("val", "test"), r"split sub-folders \['test', 'val'\] but no train/"),
     ],

@@ -44,7 +44,7 @@ Example:
 
 import importlib
 
-from pipelines.data.info import Datasets, DatasetInfo
+from pipelines.data.info import DatasetInfo, Datasets
 from pipelines.data.options import (
     AUGMENTATIONS,
     BAD_IMAGE_POLICIES,
@@ -68,16 +68,23 @@ _LAZY = {
 }
 
 __all__ = [
+    "AFFINE_DEGREES",
+    "AFFINE_PROBABILITY",
+    "AFFINE_ZOOM",
     "AUGMENTATIONS",
     "BAD_IMAGE_POLICIES",
+    "CACHE_BUDGET_BYTES",
     "DIGITS_SOURCE",
     "FOLDER_PREFIX",
     "IMAGE_EXTENSIONS",
+    "NO_FLIP_DATASETS",
     "SPLIT_FOLDER_NAMES",
+    "VALIDATION_SPLIT_NAMES",
     "DatasetInfo",
     "Datasets",
     "describe_sources",
-    *_LAZY,
+    "load_datasets",
+    "rotate_zoom",
 ]
 
 

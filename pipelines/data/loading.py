@@ -104,7 +104,7 @@ def load_datasets(
         augmentation = "crop_flip" if splits.flip_invariant else "crop"
 
     info = splits.info
-    common = dict(batch_size=batch_size, cache=cache)
+    common = {"batch_size": batch_size, "cache": cache}
     train = finish(splits.train, "train", info.num_train, training=True,
                    augmentation=augmentation, seed=seed, deterministic=deterministic,
                    shuffle_buffer=shuffle_buffer, drop_remainder=drop_remainder, **common)

@@ -55,9 +55,10 @@ def describe_sources() -> str:
             "                      test/ sub-folders that each hold one sub-folder per class;",
             "                      given splits are used as they are, a missing validation or",
             "                      test split is a seeded, stratified validation-fraction share",
-            "                      of every training class; unreadable files stop the job",
-            "                      before training (or are skipped: "
-            + " | ".join(BAD_IMAGE_POLICIES) + ")",
+            "                      of every training class; every file is checked before",
+            "                      training: an unreadable one is an error naming it, or is",
+            "                      left out with a warning (bad-image policies: "
+            + ", ".join(BAD_IMAGE_POLICIES) + ")",
             "augmentations (training split only): " + ", ".join(AUGMENTATIONS),
             "  default: crop (pad then random crop back) for digits, characters and",
             "  grayscale sources; crop_flip for colour images",
