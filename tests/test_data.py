@@ -255,6 +255,8 @@ def test_tfds_mnist_without_validation_split_is_carved_from_train(tmp_path):
     assert info.class_names == [str(d) for d in range(10)]
     # 20% of train becomes validation; the dataset's own test split is kept.
     assert (info.num_train, info.num_validation, info.num_test) == (48000, 12000, 10000)
+    assert info.split_origins == {"train": "train[:48000]", "validation": "train[48000:60000]",
+                                  "test": "test"}
     for x, y in arrays.values():
         assert x.dtype == np.float32 and x.shape[1:] == (28, 28, 1)
         assert y.dtype == np.int32 and ((0 <= y) & (y < 10)).all()
@@ -297,6 +299,10 @@ def test_tfds_own_validation_split_is_used_and_variable_size_needs_image_size(tm
         1020, 1020, 6149,
     )
     assert data.info.num_classes == 102
+    assert data.info.conversions == (
+        "oxford_flowers102: resized all 8189 images from their own sizes to 10x12")
+    assert data.info.split_origins == {"train": "train", "validation": "validation",
+                                       "test": "test"}
     assert images.shape == (5, 10, 12, 3)
 
 

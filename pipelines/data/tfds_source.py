@@ -82,8 +82,9 @@ def tfds_splits(name, source, image_size, data_dir, offline, validation_fraction
     class_names = list(info.features[label_key].names)
     channels = int(native[2])
     resized = image_size is not None and tuple(native[:2]) != tuple(image_size)
+    native_size = "their own sizes" if None in native[:2] else f"{native[0]}x{native[1]}"
     conversions = (f"{builder.name}: resized all {sum(sizes.values())} images from "
-                   f"{native[0]}x{native[1]} to {size[0]}x{size[1]}") if resized else ""
+                   f"{native_size} to {size[0]}x{size[1]}") if resized else ""
     return SourceSplits(
         **datasets,
         info=DatasetInfo(
