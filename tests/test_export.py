@@ -1,4 +1,4 @@
-"""Tests of the TF Serving export (pipelines/export.py, pipelines/serving_checks.py).
+"""Tests of the TF Serving export (pipelines/serving/, pipelines/export.py, serving_checks.py).
 
 Everything goes through a real export of a tiny trained model, made once per module
 (`exported`, with the fresh-process verification) and reloaded with
@@ -7,9 +7,12 @@ is the one place to swap in the package's ViT.
 """
 
 import io
+import os
 import pathlib
+import subprocess
 import sys
 import types
+import zipfile
 
 import keras
 import numpy as np
@@ -19,7 +22,8 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from pipelines import export, serving_checks
-from pipelines.data import images
+from pipelines.data import images, load_datasets
+from pipelines.serving import contract, model_info, transaction
 
 IMAGE_SHAPE = (16, 16, 3)
 CLASS_NAMES = ["cat", "dog", "bird", "fish"]
@@ -85,14 +89,14 @@ def exported(model, tmp_path_factory):
     """One verified export (fresh process, saved_model_cli) reused by the module."""
     base_dir = tmp_path_factory.mktemp("savedmodels")
     reports = []
-    verify = export.verify_export
+    verify = transaction.verify_export
 
     def spy(*args, **kwargs):
         reports.append(verify(*args, **kwargs))
         return reports[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(export, "verify_export", spy)
+        patch.setattr(transaction, "verify_export", spy)
         version_dir = export.export_model(
             model,
             MODEL_NAME,
@@ -121,6 +125,7 @@ def serve(exported, signature, value):
 # ----------------------------------------------------------------------- layout
 
 
+@pytest.mark.slow
 def test_layout_is_tf_serving_version_folder(exported):
     assert exported.version_dir == exported.base_dir / MODEL_NAME / "1"
     assert (exported.version_dir / "saved_model.pb").is_file()
@@ -137,6 +142,7 @@ def test_layout_is_tf_serving_version_folder(exported):
     assert metadata["class_names"] == CLASS_NAMES and metadata["top_k"] == TOP_K
 
 
+@pytest.mark.slow
 def test_fresh_process_verification_report(exported):
     checks = exported.report.checks
     for name in (
@@ -154,6 +160,7 @@ def test_fresh_process_verification_report(exported):
     assert "Verified" in str(exported.report)
 
 
+@pytest.mark.slow
 def test_signatures_have_dynamic_batch_and_float32_outputs(exported):
     signatures = exported.loaded.signatures
     assert {"serving_default", "serving_bytes"} <= set(signatures)
@@ -174,6 +181,7 @@ def test_signatures_have_dynamic_batch_and_float32_outputs(exported):
 # ----------------------------------------------------------------- predictions
 
 
+@pytest.mark.slow
 def test_serving_default_matches_keras(exported):
     images = pixel_images(5)
     outputs = serve(exported, "serving_default", images)
@@ -187,6 +195,7 @@ def test_serving_default_matches_keras(exported):
     )
 
 
+@pytest.mark.slow
 def test_serving_bytes_matches_keras_on_png_and_jpeg(exported):
     images = pixel_images(3).astype(np.uint8)
     png = [tf.io.encode_png(image).numpy() for image in images]
@@ -201,6 +210,7 @@ def test_serving_bytes_matches_keras_on_png_and_jpeg(exported):
     np.testing.assert_allclose(outputs["probabilities"][3:], expected[:3], atol=0.1)
 
 
+@pytest.mark.slow
 def test_serving_bytes_resizes_like_the_training_pipeline(exported):
     big = pixel_images(1, shape=(23, 37, 3), seed=11)[0].astype(np.uint8)
     gray = pixel_images(1, shape=(16, 16, 1), seed=12)[0].astype(np.uint8)
@@ -212,6 +222,7 @@ def test_serving_bytes_resizes_like_the_training_pipeline(exported):
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_serving_bytes_accepts_gif_and_bmp(exported):
     image = pixel_images(1, seed=5)[0].astype(np.uint8)
     files = []
@@ -241,6 +252,7 @@ def _assert_invalid_argument(call, *fragments):
     return message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape",
     [
@@ -261,6 +273,7 @@ def test_wrong_shape_is_invalid_argument(exported, shape):
     _assert_server_still_works(exported)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_pixels_are_invalid_argument(exported, bad):
     images = pixel_images(2)
@@ -269,6 +282,7 @@ def test_non_finite_pixels_are_invalid_argument(exported, bad):
     _assert_server_still_works(exported)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["garbage", "truncated-png", "truncated-jpeg", "empty-string"])
 def test_bad_files_are_invalid_argument(exported, kind):
     image = pixel_images(1)[0].astype(np.uint8)
@@ -285,6 +299,7 @@ def test_bad_files_are_invalid_argument(exported, kind):
     _assert_server_still_works(exported)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signature", ["serving_default", "serving_bytes"])
 def test_empty_batch_gives_empty_outputs(exported, signature):
     value = np.zeros((0, *IMAGE_SHAPE), np.float32) if signature == "serving_default" else []
@@ -302,6 +317,7 @@ def _assert_server_still_works(exported):
     )
 
 
+@pytest.mark.slow
 def test_bad_requests_in_a_tf1_session_like_tf_serving(exported):
     """TF Serving runs the signature in a TF1 Session; errors stay per request there too."""
     good = pixel_images(2)
@@ -323,6 +339,7 @@ def test_bad_requests_in_a_tf1_session_like_tf_serving(exported):
 # --------------------------------------------------------- warm-up, config, ops
 
 
+@pytest.mark.slow
 def test_warmup_records_parse_and_replay(exported):
     logs = export.read_warmup_requests(
         exported.version_dir / "assets.extra" / export.WARMUP_FILENAME
@@ -346,6 +363,7 @@ def test_warmup_records_parse_and_replay(exported):
     assert signatures == {"serving_default", "serving_bytes"}
 
 
+@pytest.mark.slow
 def test_models_config_lists_the_model(exported):
     text = (exported.base_dir / export.MODELS_CONFIG_FILENAME).read_text()
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
@@ -356,6 +374,7 @@ def test_models_config_lists_the_model(exported):
     assert entry.model_version_policy.latest.num_versions == 1
 
 
+@pytest.mark.slow
 def test_no_disallowed_ops(exported):
     assert export.find_disallowed_ops(exported.version_dir) == []
     ops = export.saved_model_op_names(exported.version_dir)
@@ -368,6 +387,7 @@ class _PythonCallback(keras.layers.Layer):
         return tf.ensure_shape(y, x.shape)
 
 
+@pytest.mark.slow
 def test_py_function_is_flagged_and_not_published(tmp_path):
     inputs = keras.Input(IMAGE_SHAPE)
     x = keras.layers.GlobalAveragePooling2D()(_PythonCallback()(inputs))
@@ -380,6 +400,7 @@ def test_py_function_is_flagged_and_not_published(tmp_path):
 # ---------------------------------------------------------- versions, failures
 
 
+@pytest.mark.slow
 def test_versions_increment_prune_and_config(model, tmp_path):
     base = tmp_path / "savedmodels"
     first = export.export_model(model, "a", base, verify=False, verbose=False)
@@ -401,12 +422,14 @@ def test_versions_increment_prune_and_config(model, tmp_path):
     assert tf.saved_model.load(str(third)).signatures["serving_default"] is not None
 
 
+@pytest.mark.slow
 def test_absolute_base_paths(model, tmp_path):
     export.export_model(model, "abs", tmp_path, verify=False, verbose=False, config_base_path=None)
     (entry,) = export.read_models_config(tmp_path).model_config_list.config
     assert entry.base_path == str((tmp_path / "abs").resolve())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "step, error",
     [
@@ -418,14 +441,14 @@ def test_absolute_base_paths(model, tmp_path):
 )
 def test_failed_export_leaves_base_dir_unchanged(exported, monkeypatch, step, error):
     before = listing(exported.base_dir)
-    original = getattr(export, step)
+    original = getattr(transaction, step)
 
     def fail(*args, **kwargs):
         if step == "write_warmup_requests":
             original(*args, **kwargs)  # fail after the file is written
         raise error(f"simulated failure in {step}")
 
-    monkeypatch.setattr(export, step, fail)
+    monkeypatch.setattr(transaction, step, fail)
     with pytest.raises(error, match="simulated"):
         export.export_model(
             exported.model,
@@ -440,9 +463,10 @@ def test_failed_export_leaves_base_dir_unchanged(exported, monkeypatch, step, er
     assert tf.saved_model.load(str(exported.version_dir)).signatures["serving_bytes"]
 
 
+@pytest.mark.slow
 def test_failed_export_of_a_new_model_leaves_no_folder(exported, monkeypatch, tmp_path):
     before = listing(exported.base_dir)
-    monkeypatch.setattr(export, "find_disallowed_ops", lambda d: ["FakeOp: simulated"])
+    monkeypatch.setattr(transaction, "find_disallowed_ops", lambda d: ["FakeOp: simulated"])
     with pytest.raises(export.DisallowedOpsError, match="FakeOp"):
         export.export_model(exported.model, "brand-new", exported.base_dir, verify=False)
     assert listing(exported.base_dir) == before
@@ -451,6 +475,7 @@ def test_failed_export_of_a_new_model_leaves_no_folder(exported, monkeypatch, tm
     assert list(tmp_path.iterdir()) == []  # the folders it created are gone too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["", "../escape", "a/b", ".hidden", "with space", "x" * 65, "models.config", 3]
 )
@@ -460,6 +485,7 @@ def test_invalid_model_names_are_rejected_early(model, tmp_path, name):
     assert not (tmp_path / "base").exists()
 
 
+@pytest.mark.slow
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="class names"):
         export.export_model(model, "m", tmp_path, class_names=["a"], verify=False)
@@ -485,6 +511,7 @@ def test_version_policy_specs():
 # ------------------------------------------------------------- mixed precision
 
 
+@pytest.mark.slow
 def test_mixed_precision_grayscale_model_exports_float32_outputs(tmp_path):
     shape = (8, 8, 1)
     model = make_tiny_trained_model(shape, dtype="mixed_bfloat16")
@@ -510,6 +537,7 @@ def test_mixed_precision_grayscale_model_exports_float32_outputs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_the_package_vit_exports_through_the_cli(tmp_path):
     """The real ViT (custom layers, attention) saved as .keras and exported by the CLI."""
     models = pytest.importorskip("keras_vit.models")
@@ -546,6 +574,7 @@ def test_the_package_vit_exports_through_the_cli(tmp_path):
 # ---------------------------------------------------------- checks, in process
 
 
+@pytest.mark.slow
 def test_serving_checks_catch_a_mismatch(exported):
     images = pixel_images(2)
     png = [tf.io.encode_png(image.astype(np.uint8)).numpy() for image in images]
@@ -604,6 +633,7 @@ def test_cli_help_documents_every_option():
         assert option in text, option
 
 
+@pytest.mark.slow
 def test_cli_exports_a_keras_file(model, tmp_path, capsys):
     from pipelines import cli
 
@@ -626,5 +656,263 @@ def test_cli_exports_a_keras_file(model, tmp_path, capsys):
     )
     assert outputs["top_k_labels"].shape == (2, 2)
 
-    assert export.main(["--model", str(path), "--name", "bad name", "--base-dir", str(base)]) == 1
+    assert export.main(["--model", str(path), "--name", "bad name", "--base-dir", str(base)]) == 2
     assert "Invalid model name 'bad name'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- the contract
+
+
+def test_serving_checks_keeps_the_contract_names():
+    """serving_checks.py runs where `pipelines` is blocked, so it has its own copy."""
+    for name in (
+        "SERVING_DEFAULT",
+        "SERVING_BYTES",
+        "IMAGES_INPUT",
+        "BYTES_INPUT",
+        "OUTPUT_KEYS",
+        "LABELS_OUTPUT",
+        "WARMUP_RELATIVE_PATH",
+    ):
+        assert getattr(serving_checks, name) == getattr(contract, name), name
+    assert contract.INPUT_NAMES == {
+        serving_checks.SERVING_DEFAULT: serving_checks.IMAGES_INPUT,
+        serving_checks.SERVING_BYTES: serving_checks.BYTES_INPUT,
+    }
+    # The thin CLI modules re-export the same objects, not copies.
+    from pipelines import predict
+
+    assert export.SERVING_BYTES is contract.SERVING_BYTES
+    assert predict.INPUT_NAMES is contract.INPUT_NAMES
+
+
+# ----------------------------------------------------------- compute dtype
+
+
+def test_compute_dtype_found_in_nested_models():
+    """A float32 outer model with a bf16 sub-model: the tolerance must be the mixed one."""
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, dtype="mixed_bfloat16")], name="inner"
+    )
+    inputs = keras.Input((4,))
+    outer = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
+    assert outer.dtype_policy.compute_dtype == "float32"
+    assert model_info.compute_dtype_of(outer) == "bfloat16"
+    assert model_info.tolerance_for(outer) == contract.MIXED_PRECISION_ATOL
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert model_info.compute_dtype_of(plain) == "float32"
+    assert model_info.tolerance_for(plain) == contract.FLOAT32_ATOL
+
+
+def test_compute_dtype_of_the_package_vit_under_a_global_policy():
+    models = pytest.importorskip("keras_vit.models")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = models.vision_transformer(
+            "Ti/4", image_shape=(8, 8, 1), num_classes=3, hidden_dim=8, depth=1, mlp_dim=8,
+            num_heads=2,
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model_info.compute_dtype_of(model) == "float16"
+
+
+# ------------------------------------------------- train/serve pixel identity
+
+ECHO_SIZE = (12, 12)
+#: Grey levels (of 255). Recovering pixels from float32 probabilities is accurate
+#: to ~2e-5 here; any other decode or resize (e.g. no antialiasing) is off by
+#: whole grey levels.
+PIXEL_ATOL = 1e-3
+ECHO_SCALE = 64.0
+
+
+def _pixel_echo_model(image_shape):
+    """Logits `[pixels / 64 ..., 0]`: the softmax is invertible, see `_echoed_pixels`."""
+    size = int(np.prod(image_shape))
+    inputs = keras.Input(image_shape)
+    x = keras.layers.Rescaling(1 / ECHO_SCALE)(inputs)  # exact: a power of two
+    x = keras.layers.Reshape((size, 1))(x)
+    x = keras.layers.ZeroPadding1D((0, 1))(x)  # the constant 0 logit anchors the scale
+    return keras.Model(inputs, keras.layers.Flatten()(x))
+
+
+def _echoed_pixels(probabilities, image_shape):
+    """Pixels the echo model saw: `64 * (log p_i - log p_last)`."""
+    log_p = np.log(np.asarray(probabilities, np.float64))
+    return (ECHO_SCALE * (log_p[:, :-1] - log_p[:, -1:])).reshape(-1, *image_shape)
+
+
+#: (file name, (H, W, C)) per class; the first file decides the folder's channels.
+_FOLDER_CASES = {
+    "at-model-size": [("0.png", (12, 12, 3)), ("1.jpg", (12, 12, 3))] * 3,
+    "resized": [("0.png", (20, 17, 3)), ("1.jpg", (7, 9, 3)), ("2.png", (12, 30, 3))] * 2,
+    "grey-and-rgb-to-rgb": [("0.png", (16, 16, 3)), ("1.png", (9, 14, 1)), ("2.jpg", (12, 12, 1)),
+                            ("3.jpg", (25, 8, 3)), ("4.png", (12, 12, 1)), ("5.png", (5, 5, 3))],
+    "rgb-to-grey": [("0.png", (30, 12, 1)), ("1.jpg", (12, 12, 3)), ("2.png", (12, 12, 3)),
+                    ("3.jpg", (11, 13, 1)), ("4.png", (12, 40, 3)), ("5.png", (12, 12, 1))],
+}
+
+
+def _write_image_folder(root, files, seed):
+    """Two class sub-folders of random images; returns [(path, class index)]."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for label, class_name in enumerate(("a_class", "b_class")):
+        (root / class_name).mkdir(parents=True)
+        for index, (name, shape) in enumerate(files):
+            pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+            encode = tf.io.encode_png if name.endswith(".png") else tf.io.encode_jpeg
+            path = root / class_name / f"{index}_{name}"
+            path.write_bytes(encode(pixels).numpy())
+            written.append((path, label))
+    return written
+
+
+def _pipeline_examples(data):
+    """Every (image, label) the training pipeline yields, over its three splits."""
+    pixels, labels = [], []
+    for split in (data.train, data.validation, data.test):
+        for batch_images, batch_labels in split:
+            pixels.append(batch_images.numpy())
+            labels.append(batch_labels.numpy())
+    return np.concatenate(pixels), np.concatenate(labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(_FOLDER_CASES))
+def test_training_and_serving_bytes_feed_identical_pixels(tmp_path, case):
+    files = _write_image_folder(tmp_path / "data", _FOLDER_CASES[case], seed=len(case))
+    data = load_datasets(str(tmp_path / "data"), augment=False, image_size=ECHO_SIZE, cache=False)
+    image_shape = data.info.image_shape
+    assert image_shape == (*ECHO_SIZE, 1 if case == "rgb-to-grey" else 3)
+    trained, trained_labels = _pipeline_examples(data)
+    assert len(trained) == len(files)
+
+    version = export.export_model(
+        _pixel_echo_model(image_shape), "echo", tmp_path / "savedmodels", verify=False,
+        verbose=False,
+    )
+    serving_bytes = tf.saved_model.load(str(version)).signatures["serving_bytes"]
+    file_bytes = [path.read_bytes() for path, _ in files]
+    probabilities = serving_bytes(images_bytes=tf.constant(file_bytes))["probabilities"]
+    served = _echoed_pixels(probabilities.numpy(), image_shape)
+
+    # Each served file matches exactly one pipeline example of its class.
+    matched = []
+    for (path, label), pixels in zip(files, served):
+        same_class = np.flatnonzero(trained_labels == label)
+        errors = np.abs(trained[same_class] - pixels).reshape(len(same_class), -1).max(axis=1)
+        best = int(np.argmin(errors))
+        assert errors[best] <= PIXEL_ATOL, (path.name, errors[best])
+        matched.append(same_class[best])
+    assert sorted(matched) == list(range(len(trained)))
+
+    if case != "at-model-size":  # the check is sharp: a resize without antialiasing fails it
+        naive = [
+            tf.image.resize(tf.io.decode_image(data, image_shape[-1]), ECHO_SIZE).numpy()
+            for data in file_bytes
+        ]
+        assert np.abs(np.stack(naive) - served).max() > 1.0
+
+
+# ------------------------------------------------------- bad --model files
+
+
+def _bad_model_file(tmp_path, kind):
+    path = tmp_path / "model.keras"
+    if kind == "missing":
+        return path
+    if kind == "random-bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(3000))
+        return path
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("metadata.json", "{}")
+        archive.writestr("model.weights.h5", np.random.default_rng(1).bytes(5000))
+    if kind == "truncated-zip":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "zip-without-keras-config":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    return path
+
+
+_BAD_MODEL_MESSAGES = {
+    "missing": "--model {path}: no such file",
+    "random-bytes": "--model {path} is corrupt or not a Keras model file: not a complete "
+    ".keras zip archive",
+    "truncated-zip": "--model {path} is corrupt or not a Keras model file: not a complete "
+    ".keras zip archive",
+    "zip-without-keras-config": "--model {path} is corrupt or not a Keras model file: the zip "
+    "archive has no config.json, metadata.json",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(_BAD_MODEL_MESSAGES))
+def test_cli_rejects_a_bad_model_file_in_one_line(tmp_path, kind):
+    path = _bad_model_file(tmp_path, kind)
+    before = sorted(tmp_path.rglob("*"))
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    argv = ["--model", str(path), "--name", "m", "--base-dir", str(tmp_path / "savedmodels")]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "export", *argv],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2
+    message = _BAD_MODEL_MESSAGES[kind].format(path=path)
+    assert result.stderr.splitlines() == [f"keras-vit export: error: {message}"]
+    assert result.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before  # no savedmodels folder, file untouched
+
+
+@pytest.mark.slow
+def test_cli_rejects_a_keras_file_with_a_damaged_member(model, tmp_path, capsys):
+    """A complete archive whose weights fail their CRC: found while Keras loads it."""
+    path = tmp_path / "damaged.keras"
+    model.save(path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo("model.weights.h5")
+    data[member.header_offset + 30 + len(member.filename) + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    base = tmp_path / "savedmodels"
+    code = export.main(["--model", str(path), "--name", "m", "--base-dir", str(base)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.splitlines() == [
+        f"keras-vit export: error: --model {path} is corrupt or not a Keras model file: "
+        "Bad CRC-32 for file 'model.weights.h5'"
+    ]
+    assert not base.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["pipelines.export", "pipelines.cli export"])
+def test_export_help_from_the_command_line(module):
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    result = subprocess.run(
+        [sys.executable, "-m", *module.split(), "--help"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: keras-vit export")
+    assert "--model" in result.stdout and "Exit status" in result.stdout
+
+
+@pytest.mark.slow
+def test_command_line_modules_do_not_import_tensorflow():
+    """So --help and argument errors (a bad --model file) answer at once, in one line."""
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    code = (
+        "import sys, pipelines.cli, pipelines.export, pipelines.predict; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
