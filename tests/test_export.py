@@ -860,7 +860,7 @@ def test_cli_rejects_a_bad_model_file_in_one_line(tmp_path, kind):
     argv = ["--model", str(path), "--name", "m", "--base-dir", str(tmp_path / "savedmodels")]
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "export", *argv],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=120, check=False,
     )
     assert result.returncode == 2
     message = _BAD_MODEL_MESSAGES[kind].format(path=path)
@@ -883,10 +883,11 @@ def test_cli_rejects_a_keras_file_with_a_damaged_member(model, tmp_path, capsys)
     code = export.main(["--model", str(path), "--name", "m", "--base-dir", str(base)])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
-    assert captured.err.splitlines() == [
+    message = (
         f"keras-vit export: error: --model {path} is corrupt or not a Keras model file: "
         "Bad CRC-32 for file 'model.weights.h5'"
-    ]
+    )
+    assert captured.err.splitlines() == [message]
     assert not base.exists()
 
 
@@ -896,7 +897,7 @@ def test_export_help_from_the_command_line(module):
     env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
     result = subprocess.run(
         [sys.executable, "-m", *module.split(), "--help"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: keras-vit export")
@@ -912,7 +913,8 @@ def test_command_line_modules_do_not_import_tensorflow():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

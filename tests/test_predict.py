@@ -9,6 +9,7 @@ print the same top-k labels.
 import base64
 import contextlib
 import json
+import pathlib
 import re
 import socket
 import threading
@@ -208,7 +209,7 @@ def test_saved_model_prints_the_models_top_k(served, image_files, capsys):
     blocks = out.strip().split("\n")
     assert blocks[0] == image_files[0] and len(blocks) == 3 * (1 + 3)
     # The first file is at the model size: its printed ranking is the model's.
-    pixels = tf.io.decode_png(open(image_files[0], "rb").read()).numpy()[None]
+    pixels = tf.io.decode_png(pathlib.Path(image_files[0]).read_bytes()).numpy()[None]
     probabilities = tf.nn.softmax(model(pixels.astype(np.float32))).numpy()[0]
     best = np.argsort(-probabilities)[:3]
     width = max(len(CLASS_NAMES[c]) for c in best)
@@ -301,7 +302,7 @@ def test_truncated_file_is_a_clear_error_on_every_backend(
     served, tmp_path, rest_server, grpc_server, image_files, capsys
 ):
     bad = tmp_path / "truncated.png"
-    bad.write_bytes(open(image_files[0], "rb").read()[:60])  # PNG header, then cut
+    bad.write_bytes(pathlib.Path(image_files[0]).read_bytes()[:60])  # PNG header, then cut
     for backend in (
         ["--saved-model", str(served[1])],
         ["--server", rest_server, "--model-name", MODEL_NAME],
@@ -355,11 +356,12 @@ def test_silent_server_times_out_naming_the_url_and_timeout(
         argv = [image_files[0], backend, address, "--model-name", "x", "--timeout", "0.5"]
         code, out, err = run_cli(capsys, *argv, *extra)
     assert code == 1 and out == ""
-    assert err.splitlines() == [
+    message = (
         f"keras-vit predict: error: no answer from {endpoint.format(port=port)} within "
         "--timeout 0.5 s: is the model server up and the model loaded? Raise --timeout for "
         "a slow server."
-    ]
+    )
+    assert err.splitlines() == [message]
 
 
 def test_timeout_must_be_positive(image_files, capsys):
@@ -391,7 +393,7 @@ def test_non_image_file_is_refused_before_sending(tmp_path, image_files, capsys)
     server = ["--server", "http://127.0.0.1:1", "--model-name", "x"]
     code, _, err = run_cli(capsys, image_files[0], str(notes), *server)
     assert code == 1 and f"{notes} is not a JPEG, PNG" in err
-    assert [predict.image_format(open(p, "rb").read()) for p in image_files] == [
+    assert [predict.image_format(pathlib.Path(p).read_bytes()) for p in image_files] == [
         "PNG",
         "JPEG",
         "PNG",
