@@ -1,6 +1,6 @@
 """Check an exported SavedModel the way a model server sees it: without our code.
 
-`pipelines.export.verify_export` runs this file in a fresh interpreter
+`pipelines.serving.verification.verify_export` runs this file in a fresh interpreter
 (`python -I pipelines/serving_checks.py ...`). It installs an import hook first so
 that `keras_vit`, `pipelines` and even `keras` cannot be imported: the SavedModel
 must be self-contained, like it is inside `tensorflow_model_server`. Only

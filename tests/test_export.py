@@ -1,9 +1,11 @@
-"""Tests of the TF Serving export (pipelines/export.py, pipelines/serving_checks.py).
+"""Tests of the TF Serving export (pipelines/serving/, pipelines/export.py, serving_checks.py).
 
 Everything goes through a real export of a tiny trained model, made once per module
 (`exported`, with the fresh-process verification) and reloaded with
 `tf.saved_model.load`, the way a model server sees it. `make_tiny_trained_model`
-is the one place to swap in the package's ViT.
+is the one place to swap in the package's ViT. The command line is tested in
+test_export_cli.py, the contract and train/serve pixel identity in
+test_serving_contract.py.
 """
 
 import io
@@ -20,6 +22,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pipelines import export, serving_checks
 from pipelines.data import images
+from pipelines.serving import transaction
 
 IMAGE_SHAPE = (16, 16, 3)
 CLASS_NAMES = ["cat", "dog", "bird", "fish"]
@@ -85,14 +88,14 @@ def exported(model, tmp_path_factory):
     """One verified export (fresh process, saved_model_cli) reused by the module."""
     base_dir = tmp_path_factory.mktemp("savedmodels")
     reports = []
-    verify = export.verify_export
+    verify = transaction.verify_export
 
     def spy(*args, **kwargs):
         reports.append(verify(*args, **kwargs))
         return reports[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(export, "verify_export", spy)
+        patch.setattr(transaction, "verify_export", spy)
         version_dir = export.export_model(
             model,
             MODEL_NAME,
@@ -121,6 +124,7 @@ def serve(exported, signature, value):
 # ----------------------------------------------------------------------- layout
 
 
+@pytest.mark.slow
 def test_layout_is_tf_serving_version_folder(exported):
     assert exported.version_dir == exported.base_dir / MODEL_NAME / "1"
     assert (exported.version_dir / "saved_model.pb").is_file()
@@ -137,6 +141,7 @@ def test_layout_is_tf_serving_version_folder(exported):
     assert metadata["class_names"] == CLASS_NAMES and metadata["top_k"] == TOP_K
 
 
+@pytest.mark.slow
 def test_fresh_process_verification_report(exported):
     checks = exported.report.checks
     for name in (
@@ -154,6 +159,7 @@ def test_fresh_process_verification_report(exported):
     assert "Verified" in str(exported.report)
 
 
+@pytest.mark.slow
 def test_signatures_have_dynamic_batch_and_float32_outputs(exported):
     signatures = exported.loaded.signatures
     assert {"serving_default", "serving_bytes"} <= set(signatures)
@@ -174,6 +180,7 @@ def test_signatures_have_dynamic_batch_and_float32_outputs(exported):
 # ----------------------------------------------------------------- predictions
 
 
+@pytest.mark.slow
 def test_serving_default_matches_keras(exported):
     images = pixel_images(5)
     outputs = serve(exported, "serving_default", images)
@@ -187,6 +194,7 @@ def test_serving_default_matches_keras(exported):
     )
 
 
+@pytest.mark.slow
 def test_serving_bytes_matches_keras_on_png_and_jpeg(exported):
     images = pixel_images(3).astype(np.uint8)
     png = [tf.io.encode_png(image).numpy() for image in images]
@@ -201,6 +209,7 @@ def test_serving_bytes_matches_keras_on_png_and_jpeg(exported):
     np.testing.assert_allclose(outputs["probabilities"][3:], expected[:3], atol=0.1)
 
 
+@pytest.mark.slow
 def test_serving_bytes_resizes_like_the_training_pipeline(exported):
     big = pixel_images(1, shape=(23, 37, 3), seed=11)[0].astype(np.uint8)
     gray = pixel_images(1, shape=(16, 16, 1), seed=12)[0].astype(np.uint8)
@@ -212,6 +221,7 @@ def test_serving_bytes_resizes_like_the_training_pipeline(exported):
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_serving_bytes_accepts_gif_and_bmp(exported):
     image = pixel_images(1, seed=5)[0].astype(np.uint8)
     files = []
@@ -241,6 +251,7 @@ def _assert_invalid_argument(call, *fragments):
     return message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape",
     [
@@ -261,6 +272,7 @@ def test_wrong_shape_is_invalid_argument(exported, shape):
     _assert_server_still_works(exported)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_pixels_are_invalid_argument(exported, bad):
     images = pixel_images(2)
@@ -269,6 +281,7 @@ def test_non_finite_pixels_are_invalid_argument(exported, bad):
     _assert_server_still_works(exported)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["garbage", "truncated-png", "truncated-jpeg", "empty-string"])
 def test_bad_files_are_invalid_argument(exported, kind):
     image = pixel_images(1)[0].astype(np.uint8)
@@ -285,6 +298,7 @@ def test_bad_files_are_invalid_argument(exported, kind):
     _assert_server_still_works(exported)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signature", ["serving_default", "serving_bytes"])
 def test_empty_batch_gives_empty_outputs(exported, signature):
     value = np.zeros((0, *IMAGE_SHAPE), np.float32) if signature == "serving_default" else []
@@ -302,6 +316,7 @@ def _assert_server_still_works(exported):
     )
 
 
+@pytest.mark.slow
 def test_bad_requests_in_a_tf1_session_like_tf_serving(exported):
     """TF Serving runs the signature in a TF1 Session; errors stay per request there too."""
     good = pixel_images(2)
@@ -323,6 +338,7 @@ def test_bad_requests_in_a_tf1_session_like_tf_serving(exported):
 # --------------------------------------------------------- warm-up, config, ops
 
 
+@pytest.mark.slow
 def test_warmup_records_parse_and_replay(exported):
     logs = export.read_warmup_requests(
         exported.version_dir / "assets.extra" / export.WARMUP_FILENAME
@@ -346,6 +362,7 @@ def test_warmup_records_parse_and_replay(exported):
     assert signatures == {"serving_default", "serving_bytes"}
 
 
+@pytest.mark.slow
 def test_models_config_lists_the_model(exported):
     text = (exported.base_dir / export.MODELS_CONFIG_FILENAME).read_text()
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
@@ -356,6 +373,7 @@ def test_models_config_lists_the_model(exported):
     assert entry.model_version_policy.latest.num_versions == 1
 
 
+@pytest.mark.slow
 def test_no_disallowed_ops(exported):
     assert export.find_disallowed_ops(exported.version_dir) == []
     ops = export.saved_model_op_names(exported.version_dir)
@@ -368,6 +386,7 @@ class _PythonCallback(keras.layers.Layer):
         return tf.ensure_shape(y, x.shape)
 
 
+@pytest.mark.slow
 def test_py_function_is_flagged_and_not_published(tmp_path):
     inputs = keras.Input(IMAGE_SHAPE)
     x = keras.layers.GlobalAveragePooling2D()(_PythonCallback()(inputs))
@@ -380,6 +399,7 @@ def test_py_function_is_flagged_and_not_published(tmp_path):
 # ---------------------------------------------------------- versions, failures
 
 
+@pytest.mark.slow
 def test_versions_increment_prune_and_config(model, tmp_path):
     base = tmp_path / "savedmodels"
     first = export.export_model(model, "a", base, verify=False, verbose=False)
@@ -401,12 +421,14 @@ def test_versions_increment_prune_and_config(model, tmp_path):
     assert tf.saved_model.load(str(third)).signatures["serving_default"] is not None
 
 
+@pytest.mark.slow
 def test_absolute_base_paths(model, tmp_path):
     export.export_model(model, "abs", tmp_path, verify=False, verbose=False, config_base_path=None)
     (entry,) = export.read_models_config(tmp_path).model_config_list.config
     assert entry.base_path == str((tmp_path / "abs").resolve())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "step, error",
     [
@@ -418,14 +440,14 @@ def test_absolute_base_paths(model, tmp_path):
 )
 def test_failed_export_leaves_base_dir_unchanged(exported, monkeypatch, step, error):
     before = listing(exported.base_dir)
-    original = getattr(export, step)
+    original = getattr(transaction, step)
 
     def fail(*args, **kwargs):
         if step == "write_warmup_requests":
             original(*args, **kwargs)  # fail after the file is written
         raise error(f"simulated failure in {step}")
 
-    monkeypatch.setattr(export, step, fail)
+    monkeypatch.setattr(transaction, step, fail)
     with pytest.raises(error, match="simulated"):
         export.export_model(
             exported.model,
@@ -440,9 +462,10 @@ def test_failed_export_leaves_base_dir_unchanged(exported, monkeypatch, step, er
     assert tf.saved_model.load(str(exported.version_dir)).signatures["serving_bytes"]
 
 
+@pytest.mark.slow
 def test_failed_export_of_a_new_model_leaves_no_folder(exported, monkeypatch, tmp_path):
     before = listing(exported.base_dir)
-    monkeypatch.setattr(export, "find_disallowed_ops", lambda d: ["FakeOp: simulated"])
+    monkeypatch.setattr(transaction, "find_disallowed_ops", lambda d: ["FakeOp: simulated"])
     with pytest.raises(export.DisallowedOpsError, match="FakeOp"):
         export.export_model(exported.model, "brand-new", exported.base_dir, verify=False)
     assert listing(exported.base_dir) == before
@@ -451,6 +474,7 @@ def test_failed_export_of_a_new_model_leaves_no_folder(exported, monkeypatch, tm
     assert list(tmp_path.iterdir()) == []  # the folders it created are gone too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["", "../escape", "a/b", ".hidden", "with space", "x" * 65, "models.config", 3]
 )
@@ -460,6 +484,7 @@ def test_invalid_model_names_are_rejected_early(model, tmp_path, name):
     assert not (tmp_path / "base").exists()
 
 
+@pytest.mark.slow
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="class names"):
         export.export_model(model, "m", tmp_path, class_names=["a"], verify=False)
@@ -485,6 +510,7 @@ def test_version_policy_specs():
 # ------------------------------------------------------------- mixed precision
 
 
+@pytest.mark.slow
 def test_mixed_precision_grayscale_model_exports_float32_outputs(tmp_path):
     shape = (8, 8, 1)
     model = make_tiny_trained_model(shape, dtype="mixed_bfloat16")
@@ -510,42 +536,10 @@ def test_mixed_precision_grayscale_model_exports_float32_outputs(tmp_path):
     )
 
 
-def test_the_package_vit_exports_through_the_cli(tmp_path):
-    """The real ViT (custom layers, attention) saved as .keras and exported by the CLI."""
-    models = pytest.importorskip("keras_vit.models")
-    keras.utils.set_random_seed(2)
-    model = models.vision_transformer(
-        "Ti/4",
-        image_shape=IMAGE_SHAPE,
-        num_classes=NUM_CLASSES,
-        hidden_dim=16,
-        depth=1,
-        mlp_dim=32,
-        num_heads=2,
-    )
-    path = tmp_path / "vit.keras"
-    model.save(path)
-    base = tmp_path / "savedmodels"
-    argv = ["--model", str(path), "--name", "vit", "--base-dir", str(base), "--no-verify"]
-    assert export.main(argv + ["--quiet"]) == 0
-    version = base / "vit" / "1"
-    assert export.find_disallowed_ops(version) == []
-    loaded = tf.saved_model.load(str(version))
-    images = pixel_images(2)
-    png = tf.constant([tf.io.encode_png(image.astype(np.uint8)).numpy() for image in images])
-    expected = keras_probabilities(model, images)
-    for outputs in (
-        loaded.signatures["serving_default"](images=tf.constant(images)),
-        loaded.signatures["serving_bytes"](images_bytes=png),
-    ):
-        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4)
-    empty = loaded.signatures["serving_bytes"](images_bytes=tf.constant([], tf.string))
-    assert empty["probabilities"].shape == (0, NUM_CLASSES)
-
-
 # ---------------------------------------------------------- checks, in process
 
 
+@pytest.mark.slow
 def test_serving_checks_catch_a_mismatch(exported):
     images = pixel_images(2)
     png = [tf.io.encode_png(image.astype(np.uint8)).numpy() for image in images]
@@ -591,40 +585,3 @@ def test_import_blocker_refuses_keras_vit(monkeypatch):
     with pytest.raises(ImportError, match="must not be imported"):
         import keras_vit  # noqa: F401
     monkeypatch.delitem(sys.modules, "keras_vit", raising=False)
-
-
-# -------------------------------------------------------------------- command line
-
-
-def test_cli_help_documents_every_option():
-    text = export.build_parser().format_help()
-    options = "--model --name --base-dir --class-names --top-k --keep --verify --no-verify"
-    options += " --config-base-path --absolute-base-paths --version-policy --quiet"
-    for option in options.split():
-        assert option in text, option
-
-
-def test_cli_exports_a_keras_file(model, tmp_path, capsys):
-    from pipelines import cli
-
-    path = tmp_path / "tiny.keras"
-    model.save(path)
-    labels = tmp_path / "labels.txt"
-    labels.write_text("\n".join(CLASS_NAMES) + "\n")
-    base = tmp_path / "savedmodels"
-    argv = ["export", "--model", str(path), "--name", "cli", "--base-dir", str(base)]
-    argv += ["--class-names", f"@{labels}", "--top-k", "2", "--no-verify", "--keep", "1"]
-    assert cli.main(argv) == 0
-    assert cli.main(argv) == 0
-    assert export.list_versions(base / "cli") == [2]
-    assert "Exported cli version 2" in capsys.readouterr().out
-    loaded = tf.saved_model.load(str(base / "cli" / "2"))
-    images = pixel_images(2)
-    outputs = loaded.signatures["serving_default"](images=tf.constant(images))
-    np.testing.assert_allclose(
-        outputs["probabilities"].numpy(), keras_probabilities(model, images), atol=1e-5
-    )
-    assert outputs["top_k_labels"].shape == (2, 2)
-
-    assert export.main(["--model", str(path), "--name", "bad name", "--base-dir", str(base)]) == 1
-    assert "Invalid model name 'bad name'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Tests of the `keras-vit predict` clients (pipelines/predict.py).
+"""Tests of the `keras-vit predict` clients (pipelines/predict.py, pipelines/serving/).
 
 One export of the tiny trained model (from tests/test_export.py) is served three
 ways: loaded locally (`--saved-model`), behind a stdlib HTTP server that speaks TF
@@ -7,8 +7,11 @@ print the same top-k labels.
 """
 
 import base64
+import contextlib
 import json
+import pathlib
 import re
+import socket
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -17,7 +20,13 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 from test_export import CLASS_NAMES, IMAGE_SHAPE, make_tiny_trained_model
 
 from pipelines import export, predict
@@ -35,6 +44,16 @@ def served(tmp_path_factory):
         model, MODEL_NAME, base, class_names=CLASS_NAMES, top_k=3, verify=False, verbose=False
     )
     return model, version_dir, tf.saved_model.load(str(version_dir))
+
+
+def _signature_def_map(version_dir):
+    """The SignatureDefMap TF Serving reports as model metadata, read from saved_model.pb."""
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((version_dir / "saved_model.pb").read_bytes())
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in saved_model.meta_graphs[0].signature_def.items():
+        signatures.signature_def[name].CopyFrom(signature)
+    return signatures
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +109,17 @@ class _RestHandler(BaseHTTPRequestHandler):
         ]
         self._reply(200, {"predictions": rows})
 
+    def do_GET(self):
+        match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/\d+)?/metadata", self.path)
+        if not match or match.group(1) != MODEL_NAME:
+            return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
+        # TF Serving prints protos with their field names, int64 as strings.
+        signatures = json_format.MessageToDict(
+            _signature_def_map(self.server.version_dir), preserving_proto_field_name=True
+        )
+        spec = {"name": MODEL_NAME, "version": "1", "signature_name": ""}
+        self._reply(200, {"model_spec": spec, "metadata": {"signature_def": signatures}})
+
     def _reply(self, status, body):
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -111,8 +141,17 @@ def _json_value(array):
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """TF Serving's gRPC Predict, answered by the loaded SavedModel."""
 
-    def __init__(self, loaded):
+    def __init__(self, loaded, version_dir):
         self.loaded = loaded
+        self.version_dir = version_dir
+
+    def GetModelMetadata(self, request, context):
+        if request.model_spec.name != MODEL_NAME:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable {request.model_spec.name}")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.CopyFrom(request.model_spec)
+        response.metadata["signature_def"].Pack(_signature_def_map(self.version_dir))
+        return response
 
     def Predict(self, request, context):
         if request.model_spec.name != MODEL_NAME:
@@ -133,7 +172,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 @pytest.fixture(scope="module")
 def rest_server(served):
     server = HTTPServer(("127.0.0.1", 0), _RestHandler)
-    server.loaded = served[2]
+    server.loaded, server.version_dir = served[2], served[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -145,7 +184,7 @@ def rest_server(served):
 def grpc_server(served):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        _PredictionService(served[2]), server
+        _PredictionService(served[2], served[1]), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -162,6 +201,7 @@ def run_cli(capsys, *argv):
 # --------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_saved_model_prints_the_models_top_k(served, image_files, capsys):
     model, version_dir, _ = served
     code, out, err = run_cli(capsys, *image_files, "--saved-model", str(version_dir))
@@ -169,7 +209,7 @@ def test_saved_model_prints_the_models_top_k(served, image_files, capsys):
     blocks = out.strip().split("\n")
     assert blocks[0] == image_files[0] and len(blocks) == 3 * (1 + 3)
     # The first file is at the model size: its printed ranking is the model's.
-    pixels = tf.io.decode_png(open(image_files[0], "rb").read()).numpy()[None]
+    pixels = tf.io.decode_png(pathlib.Path(image_files[0]).read_bytes()).numpy()[None]
     probabilities = tf.nn.softmax(model(pixels.astype(np.float32))).numpy()[0]
     best = np.argsort(-probabilities)[:3]
     width = max(len(CLASS_NAMES[c]) for c in best)
@@ -180,6 +220,14 @@ def test_saved_model_prints_the_models_top_k(served, image_files, capsys):
     assert blocks[1:4] == expected
 
 
+#: image_files: a.png is at the model size, b.jpg is 30x20 RGB, c.png is 16x16 grey.
+CONVERSION_NOTE = (
+    "keras-vit predict: resizing 1 of 3 images to 16x16 (from 30x20); "
+    "converting 1 of 3 images from 1 to 3 channels (grey to RGB)"
+)
+
+
+@pytest.mark.slow
 def test_rest_and_grpc_print_the_same_as_saved_model(
     served, image_files, rest_server, grpc_server, capsys
 ):
@@ -189,16 +237,49 @@ def test_rest_and_grpc_print_the_same_as_saved_model(
     grpc_ = run_cli(capsys, *image_files, "--grpc", grpc_server, "--model-name", MODEL_NAME)
     assert local[0] == rest[0] == grpc_[0] == 0, (rest[2], grpc_[2])
     assert local[1] == rest[1] == grpc_[1]
+    # The model size comes from the SavedModel, or the servers' model metadata.
+    assert local[2] == rest[2] == grpc_[2] == CONVERSION_NOTE + "\n"
 
 
+@pytest.mark.slow
+def test_predict_says_in_one_line_what_it_resizes_and_converts(served, image_files, capsys):
+    saved_model = ["--saved-model", str(served[1])]
+    code, out, err = run_cli(capsys, *image_files, *saved_model)
+    assert code == 0 and err.splitlines() == [CONVERSION_NOTE]
+    # The note changes nothing else: stdout is the per-file predictions.
+    singles = [run_cli(capsys, path, *saved_model) for path in image_files]
+    assert out == "".join(single[1] for single in singles)
+    assert [single[2] for single in singles] == [
+        "",
+        "keras-vit predict: resizing 1 of 1 image to 16x16 (from 30x20)\n",
+        "keras-vit predict: converting 1 of 1 image from 1 to 3 channels (grey to RGB)\n",
+    ]
+    code, out, err = run_cli(capsys, *image_files, *saved_model, "--json")
+    assert code == 0 and err == CONVERSION_NOTE + "\n" and json.loads(out)
+
+
+def test_conversion_note_counts_sizes_and_channels():
+    shapes = [(30, 20, 3), (30, 20, 1), (8, 8, 4), (16, 16, 3), None]
+    assert predict.conversion_note(shapes, (16, 16, 3)) == (
+        "resizing 3 of 5 images to 16x16 (from 30x20 [2], 8x8 [1]); "
+        "converting 2 of 5 images from 1 [1], 4 [1] to 3 channels (grey/RGBA to RGB)"
+    )
+    assert predict.conversion_note([(16, 16, 3), None], (16, 16, 3)) is None
+
+
+@pytest.mark.slow
 def test_float_signature_and_options_agree(served, image_files, rest_server, capsys):
     version_dir = str(served[1])
     bytes_json = run_cli(capsys, *image_files, "--saved-model", version_dir, "--json")
     float_signature = ["--signature", "serving_default", "--json"]
     float_json = run_cli(capsys, *image_files, "--saved-model", version_dir, *float_signature)
-    rest = ["--server", rest_server, "--model-name", MODEL_NAME, "--image-size", "16,16"]
-    rest_float = run_cli(capsys, *image_files, *rest, *float_signature)
-    parsed = [json.loads(result[1]) for result in (bytes_json, float_json, rest_float)]
+    rest = ["--server", rest_server, "--model-name", MODEL_NAME]
+    rest_float = run_cli(capsys, *image_files, *rest, "--image-size", "16,16", *float_signature)
+    # Without --image-size, the size comes from the server's model metadata.
+    rest_metadata = run_cli(capsys, *image_files, *rest, *float_signature)
+    results = (bytes_json, float_json, rest_float, rest_metadata)
+    assert [result[0] for result in results] == [0, 0, 0, 0], [r[2] for r in results]
+    parsed = [json.loads(result[1]) for result in results]
     for rows in parsed[1:]:
         for row, reference in zip(rows, parsed[0]):
             assert [p["label"] for p in row["predictions"]] == [
@@ -216,11 +297,12 @@ def test_float_signature_and_options_agree(served, image_files, rest_server, cap
 # ------------------------------------------------------------------- errors
 
 
+@pytest.mark.slow
 def test_truncated_file_is_a_clear_error_on_every_backend(
     served, tmp_path, rest_server, grpc_server, image_files, capsys
 ):
     bad = tmp_path / "truncated.png"
-    bad.write_bytes(open(image_files[0], "rb").read()[:60])  # PNG header, then cut
+    bad.write_bytes(pathlib.Path(image_files[0]).read_bytes()[:60])  # PNG header, then cut
     for backend in (
         ["--saved-model", str(served[1])],
         ["--server", rest_server, "--model-name", MODEL_NAME],
@@ -235,6 +317,7 @@ def test_truncated_file_is_a_clear_error_on_every_backend(
         assert code == 0 and out.startswith(image_files[0])
 
 
+@pytest.mark.slow
 def test_unknown_model_and_unreachable_server(rest_server, grpc_server, image_files, capsys):
     code, _, err = run_cli(capsys, image_files[0], "--server", rest_server, "--model-name", "nope")
     assert code == 1 and "HTTP 404" in err
@@ -244,6 +327,49 @@ def test_unknown_model_and_unreachable_server(rest_server, grpc_server, image_fi
         server = ["--server", f"http://127.0.0.1:{port}", "--model-name", "x", "--timeout", "5"]
         code, _, err = run_cli(capsys, image_files[0], *server)
     assert code == 1 and "cannot reach" in err
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A localhost port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "backend, extra, endpoint",
+    [
+        ("--server", [], "http://127.0.0.1:{port}/v1/models/x/metadata"),
+        ("--server", ["--image-size", "16,16"], "http://127.0.0.1:{port}/v1/models/x:predict"),
+        ("--grpc", [], "gRPC 127.0.0.1:{port}"),
+        ("--grpc", ["--image-size", "16,16"], "gRPC 127.0.0.1:{port}"),
+    ],
+    ids=["rest-metadata", "rest-predict", "grpc-metadata", "grpc-predict"],
+)
+def test_silent_server_times_out_naming_the_url_and_timeout(
+    image_files, capsys, backend, extra, endpoint
+):
+    with silent_server() as port:
+        address = f"http://127.0.0.1:{port}" if backend == "--server" else f"127.0.0.1:{port}"
+        argv = [image_files[0], backend, address, "--model-name", "x", "--timeout", "0.5"]
+        code, out, err = run_cli(capsys, *argv, *extra)
+    assert code == 1 and out == ""
+    message = (
+        f"keras-vit predict: error: no answer from {endpoint.format(port=port)} within "
+        "--timeout 0.5 s: is the model server up and the model loaded? Raise --timeout for "
+        "a slow server."
+    )
+    assert err.splitlines() == [message]
+
+
+def test_timeout_must_be_positive(image_files, capsys):
+    with pytest.raises(SystemExit) as info:
+        predict.main([image_files[0], "--server", "http://127.0.0.1:1", "--model-name", "x",
+                      "--timeout", "0"])
+    assert info.value.code == 2
+    assert "--timeout must be > 0 seconds, got 0" in capsys.readouterr().err
 
 
 def socket_closed_port():
@@ -267,7 +393,7 @@ def test_non_image_file_is_refused_before_sending(tmp_path, image_files, capsys)
     server = ["--server", "http://127.0.0.1:1", "--model-name", "x"]
     code, _, err = run_cli(capsys, image_files[0], str(notes), *server)
     assert code == 1 and f"{notes} is not a JPEG, PNG" in err
-    assert [predict.image_format(open(p, "rb").read()) for p in image_files] == [
+    assert [predict.image_format(pathlib.Path(p).read_bytes()) for p in image_files] == [
         "PNG",
         "JPEG",
         "PNG",
