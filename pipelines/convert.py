@@ -23,7 +23,8 @@ def build_parser():
         prog="keras-vit convert",
         description="Convert a ViT checkpoint (Google .npz, Hugging Face folder, timm "
                     ".safetensors, keras-hub preset) into a .keras model.")
-    parser.add_argument("checkpoint", help="local checkpoint file or folder (nothing is downloaded)")
+    parser.add_argument("checkpoint",
+                        help="local checkpoint file or folder (nothing is downloaded)")
     parser.add_argument("output", help="the .keras file to write")
     parser.add_argument("--image-size", type=image_size,
                         help="HEIGHT,WIDTH of the model's input (position embedding resampled); "
@@ -32,8 +33,10 @@ def build_parser():
                         help="classes of the head; a different count gets a new zero head")
     parser.add_argument("--num-heads", type=int,
                         help="attention heads (timm state dicts without config.json)")
-    parser.add_argument("--mean", type=_floats, help="input mean in [0, 1] units, e.g. 0.485,0.456,0.406")
-    parser.add_argument("--std", type=_floats, help="input std in [0, 1] units, e.g. 0.229,0.224,0.225")
+    parser.add_argument("--mean", type=_floats,
+                        help="input mean in [0, 1] units, e.g. 0.485,0.456,0.406")
+    parser.add_argument("--std", type=_floats,
+                        help="input std in [0, 1] units, e.g. 0.229,0.224,0.225")
     parser.add_argument("--export", metavar="NAME", help="also export a TF Serving SavedModel NAME")
     parser.add_argument("--export-dir", default="savedmodels",
                         help="base folder of the exported versions (default: savedmodels)")

@@ -58,7 +58,8 @@ def _torch_linear(kernel):
 def flax_to_timm(w, cfg=TINY):
     """The same weights under timm's names and PyTorch layouts."""
     d = cfg["width"]
-    t = {"patch_embed.proj.weight": np.ascontiguousarray(w["embedding/kernel"].transpose(3, 2, 0, 1)),
+    conv = np.ascontiguousarray(w["embedding/kernel"].transpose(3, 2, 0, 1))  # (D, C, kh, kw)
+    t = {"patch_embed.proj.weight": conv,
          "patch_embed.proj.bias": w["embedding/bias"],
          "pos_embed": w["Transformer/posembed_input/pos_embedding"],
          "norm.weight": w["Transformer/encoder_norm/scale"],
@@ -67,7 +68,8 @@ def flax_to_timm(w, cfg=TINY):
     if "cls" in w:
         t["cls_token"] = w["cls"]
     for i in range(cfg["depth"]):
-        b, att = f"Transformer/encoderblock_{i}", f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1"
+        b = f"Transformer/encoderblock_{i}"
+        att = f"{b}/MultiHeadDotProductAttention_1"
         q, k, v = (w[f"{att}/{n}/kernel"].reshape(d, d).T for n in ("query", "key", "value"))
         t[f"blocks.{i}.attn.qkv.weight"] = np.ascontiguousarray(np.concatenate([q, k, v]))
         t[f"blocks.{i}.attn.qkv.bias"] = np.concatenate(

@@ -53,7 +53,8 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
 
 
 def test_not_a_vit_and_truncated_files_give_one_clear_error(tmp_path):
-    other = write_timm(tmp_path, {"encoder.weight": np.zeros((4, 4), "float32")}, "bert.safetensors")
+    other = write_timm(tmp_path, {"encoder.weight": np.zeros((4, 4), "float32")},
+                       "bert.safetensors")
     with pytest.raises(CheckpointError, match="not a timm ViT state dict"):
         load_timm(other)
     whole = write_timm(tmp_path, timm_weights(seed=0))

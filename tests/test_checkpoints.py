@@ -27,14 +27,12 @@ from checkpoint_fixtures import (
 from safetensors.numpy import save_file
 
 from keras_vit.models import (
-    CheckpointError,
     attention_weights,
     freeze_backbone,
     load_checkpoint,
     replace_head,
     resample_position_embedding,
 )
-from keras_vit.models.checkpoints import sources
 
 TOLERANCE = 1e-4  # float32 model vs float64 numpy / keras-hub, max abs difference of logits
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -61,7 +59,8 @@ def jax_resample(table, from_grid, to_grid, prefix=1):
     """Reference resize: jax.image.resize (bicubic, antialiased), independent of keras.ops."""
     grid = np.asarray(table[0, prefix:]).reshape(*from_grid, -1)
     resized = jax.image.resize(grid, (*to_grid, grid.shape[-1]), method="cubic", antialias=True)
-    return np.concatenate([table[0, :prefix], np.asarray(resized).reshape(-1, grid.shape[-1])])[None]
+    grid = np.asarray(resized).reshape(-1, grid.shape[-1])
+    return np.concatenate([table[0, :prefix], grid])[None]
 
 
 # ------------------------------------------------------------------- resampling

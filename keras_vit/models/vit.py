@@ -46,7 +46,8 @@ def parse_variant(variant):
 def _image_shape(image_shape):
     shape = tuple(image_shape)
     if len(shape) != 3:
-        raise ValueError(f"`image_shape` must be (height, width, channels); received {image_shape!r}")
+        raise ValueError("`image_shape` must be (height, width, channels); "
+                         f"received {image_shape!r}")
     return tuple(check_positive_int("image_shape", int(v)) for v in shape)
 
 

@@ -75,12 +75,11 @@ def plan(arch, position_key):
         entries["pre_logits/bias"] = copy("pre_logits/bias")
     for index in range(arch.depth):
         base = f"Transformer/encoderblock_{index}"
-        names = {"query": "query", "key": "key", "value": "value", "out": "out"}
         ours = block_paths(index)
-        for name, theirs in names.items():
+        for name in ("query", "key", "value", "out"):  # Flax per-head layouts = ours
             for part in ("kernel", "bias"):
                 entries[ours[f"{name}_{part}"]] = copy(
-                    f"{base}/MultiHeadDotProductAttention_1/{theirs}/{part}")
+                    f"{base}/MultiHeadDotProductAttention_1/{name}/{part}")
         for norm, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
             entries[ours[f"{norm}_gamma"]] = copy(f"{base}/{theirs}/scale")
             entries[ours[f"{norm}_beta"]] = copy(f"{base}/{theirs}/bias")

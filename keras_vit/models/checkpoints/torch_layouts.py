@@ -63,7 +63,8 @@ def block_entries(index, arch, names):
 
 def dense_entries(ours, theirs):
     """A `nn.Linear` named `theirs` into our Dense layer `ours`."""
-    return {f"{ours}/kernel": linear_kernel(f"{theirs}.weight"), f"{ours}/bias": copy(f"{theirs}.bias")}
+    return {f"{ours}/kernel": linear_kernel(f"{theirs}.weight"),
+            f"{ours}/bias": copy(f"{theirs}.bias")}
 
 
 def norm_entries(ours, theirs):
