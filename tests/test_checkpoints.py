@@ -312,3 +312,27 @@ def test_mixed_precision_model_stays_close_with_float32_logits(written):
     assert logits.dtype == "float32"
     reference = load_checkpoint(str(written["hf"]))
     np.testing.assert_allclose(predict(model, images), predict(reference, images), atol=0.3)
+
+
+def test_open_checkpoint_reads_the_architecture_from_headers_only(written, monkeypatch):
+    from keras_vit.models import open_checkpoint
+    from keras_vit.models.checkpoints import sources
+
+    def no_reading(self, key):
+        raise AssertionError(f"read {key!r}")
+
+    monkeypatch.setattr(sources.NpzSource, "read", no_reading)
+    monkeypatch.setattr(sources.SafetensorsSource, "read", no_reading)
+    npz = open_checkpoint(str(written["npz"]), image_shape=(16, 20)).architecture
+    hf = open_checkpoint(str(written["hf"])).architecture
+    for arch in (npz, hf):
+        assert (arch.hidden_dim, arch.depth, arch.num_heads, arch.mlp_dim) == (16, 2, 2, 32)
+        assert (arch.patch_size, arch.grid, arch.num_classes) == ((4, 4), (3, 3), 5)
+    assert (npz.mlp_activation, npz.mean, npz.std) == ("gelu_tanh", (0.5,), (0.5,))
+    assert (hf.mlp_activation, hf.layer_norm_epsilon) == ("gelu", 1e-6)
+
+
+def test_fine_tuning_regularisation_reaches_the_blocks(written):
+    model = load_checkpoint(str(written["npz"]), dropout=0.1, drop_path=0.2)
+    assert model.get_layer("encoder_block_1").drop_path == pytest.approx(0.2)
+    assert model.get_layer("encoder_block_0").dropout == pytest.approx(0.1)

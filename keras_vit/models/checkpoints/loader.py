@@ -60,8 +60,24 @@ def _open_model(model):
     return OpenedCheckpoint(source, arch, keras_hub_models.plan(arch, **extra))
 
 
-def open_checkpoint(source, num_heads=None):
-    """Reads a checkpoint's architecture (not its weights) from a path or a keras-hub object."""
+def open_checkpoint(source, num_heads=None, image_shape=None):
+    """Reads a checkpoint's architecture, not its weights, and checks `image_shape` against it.
+
+    Cheap (file headers and configs only): a job can call it to reject a bad
+    checkpoint or image size before it writes anything.
+
+    Args:
+        source: as in `load_checkpoint`.
+        num_heads: int or None. As in `load_checkpoint`.
+        image_shape: `(H, W)` or `(H, W, C)` or None. Checked against the patch
+            size and channels.
+
+    Returns:
+        An `OpenedCheckpoint`; its `architecture` (an `Architecture`) describes the ViT.
+
+    Example:
+    >>> open_checkpoint("ViT-B_16.npz", image_shape=(384, 384)).architecture.num_heads  # 12
+    """
     if keras_hub_models.is_keras_hub_model(source):
         opened = _open_model(source)
     else:
@@ -73,6 +89,7 @@ def open_checkpoint(source, num_heads=None):
     if num_heads is not None and num_heads != opened.architecture.num_heads:
         raise CheckpointError(f"num_heads={num_heads} contradicts the checkpoint's "
                               f"{opened.architecture.num_heads} heads")
+    _target_image_shape(opened.architecture, image_shape)
     return opened
 
 
@@ -114,7 +131,8 @@ def _normalisation(arch, mean, std):
     return single(mean), single(std)
 
 
-def build_model(arch, image_shape, num_classes, include_top, mean, std, dtype, name=None):
+def build_model(arch, image_shape, num_classes, include_top, mean, std, dtype, name=None,
+                **regularisation):
     """A `vision_transformer` with the checkpoint's architecture (fresh weights)."""
     return vision_transformer(
         "B", image_shape=image_shape, num_classes=num_classes, patch_size=arch.patch_size,
@@ -123,11 +141,12 @@ def build_model(arch, image_shape, num_classes, include_top, mean, std, dtype, n
         distillation_token=arch.distillation_token, fc_norm=arch.fc_norm,
         representation_size=arch.representation_size, mean=mean, std=std,
         include_top=include_top, layer_norm_epsilon=arch.layer_norm_epsilon,
-        mlp_activation=arch.mlp_activation, dtype=dtype, name=name)
+        mlp_activation=arch.mlp_activation, dtype=dtype, name=name, **regularisation)
 
 
 def load_checkpoint(source, *, image_shape=None, num_classes=None, include_top=True, mean=None,
-                    std=None, dtype=None, num_heads=None, name=None):
+                    std=None, dtype=None, num_heads=None, name=None, dropout=0.0,
+                    attention_dropout=0.0, drop_path=0.0):
     """A `vision_transformer` model holding a published ViT checkpoint's weights.
 
     The architecture (width, depth, heads, MLP width, patch size, class token
@@ -154,6 +173,8 @@ def load_checkpoint(source, *, image_shape=None, num_classes=None, include_top=T
         num_heads: int. Attention heads, needed for a timm state dict without
             `config.json`; checked against the checkpoint otherwise.
         name: str. Model name.
+        dropout, attention_dropout, drop_path: float in [0, 1). Regularisation
+            for fine-tuning, as in `vision_transformer` (no weights involved).
 
     Returns:
         A functional `keras.Model` from `vision_transformer`.
@@ -172,6 +193,8 @@ def load_checkpoint(source, *, image_shape=None, num_classes=None, include_top=T
     image_shape = _target_image_shape(arch, image_shape)
     classes, load_head = _head(arch, num_classes, include_top)
     mean, std = _normalisation(arch, mean, std)
-    model = build_model(arch, image_shape, classes, include_top, mean, std, dtype, name)
+    model = build_model(arch, image_shape, classes, include_top, mean, std, dtype, name,
+                        dropout=dropout, attention_dropout=attention_dropout,
+                        drop_path=drop_path)
     assign_weights(model, opened, load_head)
     return model
