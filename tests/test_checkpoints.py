@@ -269,7 +269,7 @@ def test_new_class_count_gets_a_zero_head_on_the_checkpoints_features(written):
     images = random_images((2, 12, 12, 3), seed=15)
     assert not np.any(model.get_layer("head").kernel.numpy())
     np.testing.assert_array_equal(predict(model, images), np.zeros((2, 3)))
-    features_of_model = keras.Model(model.inputs, model.get_layer("head").input)
+    features_of_model = keras.Model(model.input, model.get_layer("head").input)
     np.testing.assert_allclose(predict(features_of_model, images), predict(features, images),
                                atol=1e-6)
 
@@ -279,13 +279,13 @@ def test_replace_head_and_freeze_backbone(tmp_path):
     save_file(timm, str(tmp_path / "deit.safetensors"))
     model = load_checkpoint(str(tmp_path / "deit.safetensors"), num_heads=2, **IMAGENET)
     images = random_images((2, 12, 12, 3), seed=17)
-    before = predict(keras.Model(model.inputs, model.get_layer("head").input), images)
+    before = predict(keras.Model(model.input, model.get_layer("head").input), images)
     tuned = replace_head(model, 7)
     assert tuned.output_shape == (None, 7) and replace_head(tuned, 7) is tuned
     np.testing.assert_array_equal(predict(tuned, images), np.zeros((2, 7)))
     for name in ("head", "head_distillation"):
         assert tuned.get_layer(name).kernel.shape == (16, 7)
-    after = predict(keras.Model(tuned.inputs, tuned.get_layer("head").input), images)
+    after = predict(keras.Model(tuned.input, tuned.get_layer("head").input), images)
     np.testing.assert_array_equal(after, before)  # backbone shared, unchanged
     freeze_backbone(tuned)
     trainable = {v.path for v in tuned.trainable_weights}

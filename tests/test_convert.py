@@ -22,7 +22,7 @@ def test_convert_writes_a_keras_model_at_a_new_size_with_a_new_head(tmp_path, np
     assert "input (16, 20, 3), output (3,)" in capsys.readouterr().out
     loaded = keras.models.load_model(out)
     reference = load_checkpoint(npz_path, image_shape=(16, 20), num_classes=3)
-    features = lambda m: keras.Model(m.inputs, m.get_layer("head").input)  # noqa: E731
+    features = lambda m: keras.Model(m.input, m.get_layer("head").input)  # noqa: E731
     images = random_images((2, 16, 20, 3), seed=1)
     np.testing.assert_array_equal(features(loaded).predict(images, verbose=0),
                                   features(reference).predict(images, verbose=0))

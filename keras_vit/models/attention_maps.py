@@ -31,7 +31,8 @@ def block_inputs_model(model):
     >>> tokens = block_inputs_model(model)(images)  # list of (B, T, d), one per block
     """
     blocks = _encoder_blocks(model)
-    return keras.Model(model.inputs, [block.input for block in blocks],
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, [block.input for block in blocks],
                        name=f"{model.name}_block_inputs")
 
 

@@ -46,7 +46,8 @@ def replace_head(model, num_classes, name=None):
         outputs.append(new(old.input))
     if len(outputs) > 1:
         outputs = [keras.layers.Average(name="head_average", dtype="float32")(outputs)]
-    return keras.Model(model.inputs, outputs[0], name=name or model.name)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs[0], name=name or model.name)
 
 
 def freeze_backbone(model, trainable_layers=HEAD_LAYERS):

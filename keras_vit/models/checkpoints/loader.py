@@ -196,5 +196,8 @@ def load_checkpoint(source, *, image_shape=None, num_classes=None, include_top=T
     model = build_model(arch, image_shape, classes, include_top, mean, std, dtype, name,
                         dropout=dropout, attention_dropout=attention_dropout,
                         drop_path=drop_path)
-    assign_weights(model, opened, load_head)
+    try:
+        assign_weights(model, opened, load_head)
+    finally:
+        opened.source.close()
     return model

@@ -34,6 +34,9 @@ class TensorSource:
     def read(self, key):
         raise NotImplementedError
 
+    def close(self):
+        """Releases the open file, if any."""
+
 
 class NpzSource(TensorSource):
     """A `.npz` archive (Google's ViT / AugReg / big_vision checkpoints)."""
@@ -56,6 +59,11 @@ class NpzSource(TensorSource):
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
             raise CheckpointError(f"cannot read tensor {key!r} from {self.path!r} (truncated "
                                   f"file?): {error}") from error
+
+    def close(self):
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
 
 
 def _npz_header_shapes(path):
@@ -96,6 +104,9 @@ class SafetensorsSource(TensorSource):
         except self._errors as error:
             raise CheckpointError(f"cannot read tensor {key!r} from {self.path!r}: "
                                   f"{error}") from error
+
+    def close(self):
+        self._file = None  # safetensors memory-maps the file; dropping the handle unmaps it
 
 
 class VariableSource(TensorSource):
