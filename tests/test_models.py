@@ -392,10 +392,14 @@ def test_attention_rollout_hand_computed_max_renormalises():
         attention_rollout([block1], head_fusion="median")
 
 
-@pytest.mark.parametrize("pooling", ["token", "gap"])
-def test_rollout_maps_cover_the_patch_grid(pooling):
+@pytest.mark.parametrize("pooling, options, prefix", [
+    ("token", {}, 1), ("gap", {}, 0),
+    ("token", dict(distillation_token=True), 2),           # DeiT: class + distillation token
+    ("gap", dict(class_token=True, fc_norm=True), 1),      # timm avg pooling with a class token
+])
+def test_rollout_maps_cover_the_patch_grid(pooling, options, prefix):
     model = vision_transformer("Ti/2", image_shape=(6, 8, 1), num_classes=4, pooling=pooling,
-                               **TINY)
+                               **options, **TINY)
     randomise_weights(model, seed=3, scale=0.3)
     images = random_images((3, 6, 8, 1), seed=4)
     maps = rollout_maps(model, images)
@@ -404,7 +408,9 @@ def test_rollout_maps_cover_the_patch_grid(pooling):
     np.testing.assert_allclose(maps.min(axis=(1, 2)), 0.0, atol=1e-6)
     np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-6)
     rollout = np_rollout(attention_weights(model, images))
-    raw = rollout[:, 0, 1:] if pooling == "token" else rollout.mean(axis=1)
+    assert rollout.shape[-1] == prefix + 12
+    raw = (rollout[:, 0, prefix:] if pooling == "token"
+           else rollout[:, prefix:, prefix:].mean(axis=1))
     raw = raw.reshape(3, 3, 4)
     low, high = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(maps, (raw - low) / (high - low), atol=1e-4)
