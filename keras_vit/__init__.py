@@ -9,5 +9,6 @@ Example:
 """
 
 from keras_vit import layers  # noqa: F401  (registers the serializable layers)
+from keras_vit import models  # noqa: F401  (registers gelu_tanh, used by imported checkpoints)
 
 __version__ = "0.1.0"

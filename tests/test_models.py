@@ -297,9 +297,16 @@ def test_patch_size_argument_beats_the_variants():
     (dict(variant="Ti/4", image_shape=(8, 8, 3), num_classes=0), ["num_classes", "0"]),
     (dict(variant="Ti", image_shape=(8, 8, 3)), ["Ti"]),
     (dict(variant="Ti/4", image_shape=(8, 8, 3), patch_size=0), ["patch_size", "0"]),
+    (dict(variant="Ti/4", image_shape=(8, 8, 3), class_token=False), ["class_token=False"]),
+    (dict(variant="Ti/4", image_shape=(8, 8, 3), pooling="gap", distillation_token=True),
+     ["distillation_token", "gap"]),
+    (dict(variant="Ti/4", image_shape=(8, 8, 3), mlp_activation="relu"),
+     ["mlp_activation", "relu"]),
+    (dict(variant="Ti/4", image_shape=(8, 8, 3), layer_norm_epsilon=0), ["layer_norm_epsilon"]),
 ], ids=["unknown_variant", "patch_not_dividing", "heads_not_dividing", "pooling_max",
         "position_rope", "dropout_1.5", "image_shape_2d", "num_classes_0", "no_patch_size",
-        "patch_size_0"])
+        "patch_size_0", "token_without_class_token", "distilled_gap", "activation_relu",
+        "epsilon_0"])
 def test_bad_arguments_raise_value_error_naming_the_value(kwargs, needles):
     with pytest.raises(ValueError) as info:
         vision_transformer(**{"num_classes": 10, **kwargs})
@@ -385,10 +392,14 @@ def test_attention_rollout_hand_computed_max_renormalises():
         attention_rollout([block1], head_fusion="median")
 
 
-@pytest.mark.parametrize("pooling", ["token", "gap"])
-def test_rollout_maps_cover_the_patch_grid(pooling):
+@pytest.mark.parametrize("pooling, options, prefix", [
+    ("token", {}, 1), ("gap", {}, 0),
+    ("token", dict(distillation_token=True), 2),           # DeiT: class + distillation token
+    ("gap", dict(class_token=True, fc_norm=True), 1),      # timm avg pooling with a class token
+])
+def test_rollout_maps_cover_the_patch_grid(pooling, options, prefix):
     model = vision_transformer("Ti/2", image_shape=(6, 8, 1), num_classes=4, pooling=pooling,
-                               **TINY)
+                               **options, **TINY)
     randomise_weights(model, seed=3, scale=0.3)
     images = random_images((3, 6, 8, 1), seed=4)
     maps = rollout_maps(model, images)
@@ -397,7 +408,9 @@ def test_rollout_maps_cover_the_patch_grid(pooling):
     np.testing.assert_allclose(maps.min(axis=(1, 2)), 0.0, atol=1e-6)
     np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-6)
     rollout = np_rollout(attention_weights(model, images))
-    raw = rollout[:, 0, 1:] if pooling == "token" else rollout.mean(axis=1)
+    assert rollout.shape[-1] == prefix + 12
+    raw = (rollout[:, 0, prefix:] if pooling == "token"
+           else rollout[:, prefix:, prefix:].mean(axis=1))
     raw = raw.reshape(3, 3, 4)
     low, high = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(maps, (raw - low) / (high - low), atol=1e-4)
@@ -420,6 +433,37 @@ def test_keras_file_round_trip_without_custom_objects(tmp_path, pooling, positio
     assert loaded.count_params() == model.count_params()
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
     assert len(attention_weights(loaded, images[:2])) == TINY["depth"]
+
+
+@pytest.mark.parametrize("options, extra", [
+    # DeiT: a distillation token (+ its position row) and a second head.
+    (dict(distillation_token=True), lambda d, k: 2 * d + d * k + k),
+    # timm's global_pool="avg" with a class token: the norm moves after pooling (same size).
+    (dict(pooling="gap", class_token=True, fc_norm=True), lambda d, k: 0),
+])
+def test_distillation_and_fc_norm_layouts_count_their_parameters(options, extra):
+    model = vision_transformer("Ti/2", image_shape=(8, 8, 1), num_classes=10, **options, **TINY)
+    base = expected_parameters((8, 8, 1), 10, 2, 16, 2, 32)
+    assert model.count_params() == base + extra(16, 10)
+    prefix = 2 if options.get("distillation_token") else 1
+    assert model.get_layer("pooling").num_prefix_tokens == prefix
+
+
+def test_gelu_tanh_model_loads_in_a_fresh_process(tmp_path):
+    # The activation is registered when keras_vit is imported, nothing else needed.
+    import subprocess
+    import sys
+
+    model = vision_transformer("Ti/2", image_shape=(8, 8, 1), num_classes=3,
+                               mlp_activation="gelu_tanh", layer_norm_epsilon=1e-12, **TINY)
+    model.save(tmp_path / "m.keras")
+    code = ("import keras, keras_vit; m = keras.models.load_model(%r); "
+            "b = m.get_layer('encoder_block_0'); print(b.mlp.activation.__name__, b.epsilon)"
+            % str(tmp_path / "m.keras"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["gelu_tanh", "1e-12"]
 
 
 # -------------------------------------------------------------------- training

@@ -1,17 +1,28 @@
-"""Model factories built from `keras_vit.layers`.
+"""Model factories built from `keras_vit.layers`, checkpoint import and fine-tuning helpers.
 
 Example:
->>> from keras_vit.models import vision_transformer
+>>> from keras_vit.models import load_checkpoint, vision_transformer
 >>> model = vision_transformer("B/16", num_classes=1000)
 """
 
+from keras_vit.models.activations import gelu_tanh
 from keras_vit.models.attention_maps import (
     attention_rollout,
     attention_weights,
+    block_inputs_model,
     rollout_maps,
 )
+from keras_vit.models.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    open_checkpoint,
+    resample_position_embedding,
+)
+from keras_vit.models.finetune import freeze_backbone, replace_head
 from keras_vit.models.tta import shift_averaged
 from keras_vit.models.vit import VIT_VARIANTS, parse_variant, vision_transformer
 
-__all__ = ["VIT_VARIANTS", "attention_rollout", "attention_weights",
-           "parse_variant", "rollout_maps", "shift_averaged", "vision_transformer"]
+__all__ = ["VIT_VARIANTS", "CheckpointError", "attention_rollout", "attention_weights",
+           "block_inputs_model", "freeze_backbone", "gelu_tanh", "load_checkpoint",
+           "open_checkpoint", "parse_variant", "replace_head", "resample_position_embedding",
+           "rollout_maps", "shift_averaged", "vision_transformer"]

@@ -1,9 +1,10 @@
 """Attention weights of every encoder block, and attention rollout, for a built ViT."""
 
+import keras
 import numpy as np
 from keras import ops
 
-from keras_vit.layers import ClassToken, PatchEmbedding, TransformerEncoderBlock
+from keras_vit.layers import ClassToken, PatchEmbedding, TokenPooling, TransformerEncoderBlock
 
 
 def _encoder_blocks(model):
@@ -13,12 +14,34 @@ def _encoder_blocks(model):
     return blocks
 
 
-def attention_weights(model, images, batch_size=32):
-    """Every encoder block's attention weights for `images`, without rebuilding the model.
+def block_inputs_model(model):
+    """A feature extractor of `model`'s own graph: images -> every encoder block's input tokens.
 
-    The ViT built by `vision_transformer` is a chain of layers, so replaying
-    the chain up to the last block, with `return_attention_scores=True` on each
-    block, gives the weights with the model's own variables.
+    Built from the functional graph's nodes (`block.input`), so it follows the
+    model's real wiring (class or distillation tokens, position encodings,
+    any layer between blocks) instead of assuming a chain of layers.
+
+    Args:
+        model: a functional model from `vision_transformer` or `load_checkpoint`.
+
+    Returns:
+        A `keras.Model` sharing `model`'s layers, with one output per block.
+
+    Example:
+    >>> tokens = block_inputs_model(model)(images)  # list of (B, T, d), one per block
+    """
+    blocks = _encoder_blocks(model)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, [block.input for block in blocks],
+                       name=f"{model.name}_block_inputs")
+
+
+def attention_weights(model, images, batch_size=32):
+    """Every encoder block's attention weights for `images`, with the model's own variables.
+
+    The tokens entering each block come from the model's functional graph
+    (`block_inputs_model`); each block is then called on them with
+    `return_attention_scores=True`.
 
     Args:
         model: a model from `vision_transformer`.
@@ -32,21 +55,18 @@ def attention_weights(model, images, batch_size=32):
     >>> weights = attention_weights(model, x_test[:8])
     >>> len(weights), weights[0].shape  # depth, (8, heads, tokens, tokens)
     """
-    last_block = _encoder_blocks(model)[-1]
+    blocks = _encoder_blocks(model)
+    extractor = block_inputs_model(model)
     images = np.asarray(images, dtype="float32")
     per_batch = []
     for start in range(0, len(images), batch_size):
-        x = ops.convert_to_tensor(images[start:start + batch_size])
-        scores = []
-        for layer in model.layers[1:]:
-            if isinstance(layer, TransformerEncoderBlock):
-                x, block_scores = layer(x, return_attention_scores=True, training=False)
-                scores.append(ops.convert_to_numpy(ops.cast(block_scores, "float32")))
-                if layer is last_block:
-                    break
-            else:
-                x = layer(x, training=False)
-        per_batch.append(scores)
+        tokens = extractor(ops.convert_to_tensor(images[start:start + batch_size]),
+                           training=False)
+        tokens = tokens if isinstance(tokens, (list, tuple)) else [tokens]  # one block
+        per_batch.append([
+            ops.convert_to_numpy(ops.cast(
+                block(x, return_attention_scores=True, training=False)[1], "float32"))
+            for block, x in zip(blocks, tokens)])
     return [np.concatenate(block, axis=0) for block in zip(*per_batch)]
 
 
@@ -79,8 +99,8 @@ def attention_rollout(weights, head_fusion="mean"):
 def rollout_maps(model, images, head_fusion="mean"):
     """Per-image attention-rollout maps over the patch grid, each scaled to [0, 1].
 
-    With a class token the map is the class token's row of the rollout; with
-    average pooling it is the mean row over the patch tokens.
+    With class-token pooling the map is the class token's row of the rollout;
+    with average pooling it is the mean row over the patch tokens.
 
     Args:
         model: a model from `vision_transformer`.
@@ -95,12 +115,14 @@ def rollout_maps(model, images, head_fusion="mean"):
     """
     rollout = attention_rollout(attention_weights(model, images), head_fusion)
     patching = next(layer for layer in model.layers if isinstance(layer, PatchEmbedding))
-    has_class_token = any(isinstance(layer, ClassToken) for layer in model.layers)
+    # Class and distillation tokens precede the patch tokens.
+    prefix = sum(isinstance(layer, ClassToken) for layer in model.layers)
+    pooling = next((layer for layer in model.layers if isinstance(layer, TokenPooling)), None)
     rows, cols = patching.grid
-    if has_class_token:
-        maps = rollout[:, 0, 1:]
+    if pooling is None or pooling.mode == "token":
+        maps = rollout[:, 0, prefix:]
     else:
-        maps = rollout.mean(axis=1)
+        maps = rollout[:, prefix:, prefix:].mean(axis=1)
     maps = maps.reshape(-1, rows, cols)
     low = maps.min(axis=(1, 2), keepdims=True)
     high = maps.max(axis=(1, 2), keepdims=True)

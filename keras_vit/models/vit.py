@@ -10,7 +10,8 @@ from keras_vit.layers import (
     TokenPooling,
     TransformerEncoderBlock,
 )
-from keras_vit.layers.validation import check_positive_int, check_rate
+from keras_vit.layers.validation import check_positive_float, check_positive_int, check_rate
+from keras_vit.models.activations import mlp_activation as mlp_activation_fn
 
 # Dosovitskiy et al., "An Image is Worth 16x16 Words", 2020, table 1; Ti and S from
 # Touvron et al., "Training data-efficient image transformers" (DeiT), 2020.
@@ -45,7 +46,8 @@ def parse_variant(variant):
 def _image_shape(image_shape):
     shape = tuple(image_shape)
     if len(shape) != 3:
-        raise ValueError(f"`image_shape` must be (height, width, channels); received {image_shape!r}")
+        raise ValueError("`image_shape` must be (height, width, channels); "
+                         f"received {image_shape!r}")
     return tuple(check_positive_int("image_shape", int(v)) for v in shape)
 
 
@@ -69,12 +71,81 @@ def _normalisation(mean, std, channels):
     return scale, offset
 
 
+def _check_tokens(pooling, class_token, distillation_token, position_embedding):
+    """Validates the token layout; returns `(class_token, number of prefix tokens)`."""
+    if pooling not in ("token", "gap"):
+        raise ValueError(f"`pooling` must be 'token' or 'gap'; received pooling={pooling!r}")
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ValueError(f"`position_embedding` must be one of {POSITION_EMBEDDINGS}; "
+                         f"received position_embedding={position_embedding!r}")
+    class_token = pooling == "token" if class_token is None else bool(class_token)
+    if pooling == "token" and not class_token:
+        raise ValueError("pooling='token' needs the class token; received class_token=False")
+    if distillation_token and pooling != "token":
+        raise ValueError("`distillation_token=True` needs pooling='token' (DeiT); "
+                         f"received pooling={pooling!r}")
+    return class_token, int(class_token) + int(bool(distillation_token))
+
+
+def _embed(x, grid, class_token, distillation_token, position_embedding, dtype):
+    """Patch tokens -> `[class, distillation, patches]` tokens with positions added."""
+    def prefix_tokens(x):
+        # ClassToken prepends, so the distillation token goes in first: [cls, dist, patches].
+        if distillation_token:
+            x = ClassToken(name="distillation_token", dtype=dtype)(x)
+        if class_token:
+            x = ClassToken(name="class_token", dtype=dtype)(x)
+        return x
+
+    if position_embedding == "learned":
+        x = prefix_tokens(x)
+        return PositionEmbedding(x.shape[1], name="position_embedding", dtype=dtype)(x)
+    x = SinCosPositionEncoding2D(grid, name="position_embedding", dtype=dtype)(x)
+    return prefix_tokens(x)
+
+
+def _token_at(x, index, name, dtype):
+    """Token `index` of `(B, T, d)` as `(B, d)`, with serializable built-in layers."""
+    x = keras.layers.Cropping1D((index, x.shape[1] - index - 1), name=f"{name}_crop",
+                                dtype=dtype)(x)
+    return keras.layers.Reshape((x.shape[-1],), name=name, dtype=dtype)(x)
+
+
+def _classify(x, *, pooling, num_prefix, distillation_token, fc_norm, epsilon,
+              representation_size, include_top, num_classes, classifier_activation, dtype):
+    """Final norm, pooling, optional pre-logits, and the head(s): tokens -> logits/features."""
+    norm = dict(epsilon=epsilon, dtype=dtype)
+    if not fc_norm:
+        x = keras.layers.LayerNormalization(name="encoder_norm", **norm)(x)
+    tokens = x
+    x = TokenPooling(pooling, num_prefix_tokens=num_prefix, name="pooling", dtype=dtype)(x)
+    if fc_norm:  # timm's global_pool="avg": normalise the pooled features instead of the tokens
+        x = keras.layers.LayerNormalization(name="fc_norm", **norm)(x)
+    if representation_size is not None:
+        x = keras.layers.Dense(check_positive_int("representation_size", representation_size),
+                               activation="tanh", name="pre_logits", dtype=dtype)(x)
+    distilled = _token_at(tokens, 1, "distillation_pooling", dtype) if distillation_token else None
+    if not include_top:
+        if distilled is not None:  # DeiT's features: the mean of both tokens
+            x = keras.layers.Average(name="token_average", dtype=dtype)([x, distilled])
+        return keras.layers.Activation("linear", dtype="float32", name="features")(x)
+    head = dict(activation=classifier_activation, dtype="float32")
+    logits = keras.layers.Dense(num_classes, name="head", **head)(x)
+    if distilled is None:
+        return logits
+    # DeiT at inference: the mean of the class head and the distillation head.
+    distilled = keras.layers.Dense(num_classes, name="head_distillation", **head)(distilled)
+    return keras.layers.Average(name="head_average", dtype="float32")([logits, distilled])
+
+
 def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1000, *,
                        patch_size=None, hidden_dim=None, depth=None, mlp_dim=None,
                        num_heads=None, pooling="token", position_embedding="learned",
                        dropout=0.0, attention_dropout=0.0, drop_path=0.0,
                        representation_size=None, mean=0.5, std=0.5,
-                       classifier_activation=None, include_top=True, name=None):
+                       classifier_activation=None, include_top=True, name=None,
+                       class_token=None, distillation_token=False, fc_norm=False,
+                       layer_norm_epsilon=1e-6, mlp_activation="gelu", dtype=None):
     """Builds a Vision Transformer as a functional `keras.Model`.
 
     Inputs are images `(B, H, W, C)` in raw pixel scale [0, 255]; the model
@@ -91,8 +162,7 @@ def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1
         patch_size: int or (int, int). Overrides the variant's patch size.
         hidden_dim, depth, mlp_dim, num_heads: int. Override the variant's
             width, number of blocks, MLP width and attention heads.
-        pooling: `"token"` (class token) or `"gap"` (mean of patch tokens, no
-            class token).
+        pooling: `"token"` (class token) or `"gap"` (mean of the patch tokens).
         position_embedding: `"learned"` or `"sincos2d"` (fixed).
         dropout: float in [0, 1). Dropout after the embeddings and in each block.
         attention_dropout: float in [0, 1). Dropout on attention weights.
@@ -104,6 +174,17 @@ def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1
         classifier_activation: activation of the head; `None` gives logits.
         include_top: bool. Add the classification head.
         name: str. Model name. Defaults to e.g. `"vit_ti16"`.
+        class_token: bool or None. Prepend a class token; defaults to
+            `pooling == "token"`. With `pooling="gap"` it is kept out of the mean
+            (timm's `global_pool="avg"` models).
+        distillation_token: bool. DeiT's second prefix token with its own head
+            `head_distillation`; the logits are the mean of both heads.
+        fc_norm: bool. Normalise the pooled features (`fc_norm`) instead of the
+            tokens (`encoder_norm`), as timm's average-pooled models do.
+        layer_norm_epsilon: float > 0. Epsilon of every layer norm.
+        mlp_activation: `"gelu"` (exact, Keras/PyTorch) or `"gelu_tanh"` (the tanh
+            approximation of Flax, used by Google's checkpoints).
+        dtype: dtype policy of the layers; `None` uses the global policy.
 
     Returns:
         A `keras.Model`.
@@ -115,7 +196,8 @@ def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1
 
     References:
         Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for
-        Image Recognition at Scale", ICLR 2021.
+        Image Recognition at Scale", ICLR 2021; Touvron et al., "Training
+        data-efficient image transformers & distillation through attention", 2021.
     """
     size, variant_patch = parse_variant(variant)
     config = dict(VIT_VARIANTS[size])
@@ -128,48 +210,36 @@ def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1
         raise ValueError(f"no patch size: give variant like '{size}/16' or patch_size=")
     image_shape = _image_shape(image_shape)
     check_positive_int("num_classes", num_classes)
-    if pooling not in ("token", "gap"):
-        raise ValueError(f"`pooling` must be 'token' or 'gap'; received pooling={pooling!r}")
-    if position_embedding not in POSITION_EMBEDDINGS:
-        raise ValueError(f"`position_embedding` must be one of {POSITION_EMBEDDINGS}; "
-                         f"received position_embedding={position_embedding!r}")
+    class_token, num_prefix = _check_tokens(pooling, class_token, distillation_token,
+                                            position_embedding)
     if config["hidden_dim"] % config["num_heads"]:
         raise ValueError(f"hidden_dim={config['hidden_dim']} is not divisible by "
                          f"num_heads={config['num_heads']}")
     for rate_name, rate in (("dropout", dropout), ("attention_dropout", attention_dropout),
                             ("drop_path", drop_path)):
         check_rate(rate_name, rate)
-    patching = PatchEmbedding(patch_size, config["hidden_dim"], name="patch_embedding")
+    epsilon = check_positive_float("layer_norm_epsilon", layer_norm_epsilon)
+    activation = mlp_activation_fn(mlp_activation)
+    patching = PatchEmbedding(patch_size, config["hidden_dim"], name="patch_embedding",
+                              dtype=dtype)
     grid = patching.grid_size(image_shape)  # raises when the patch size does not divide
     scale, offset = _normalisation(mean, std, image_shape[-1])
 
     images = keras.Input(image_shape, name="images")
-    x = keras.layers.Rescaling(scale, offset, name="normalisation")(images)
-    x = patching(x)
-    if position_embedding == "learned":
-        if pooling == "token":
-            x = ClassToken(name="class_token")(x)
-        x = PositionEmbedding(x.shape[1], name="position_embedding")(x)
-    else:
-        x = SinCosPositionEncoding2D(grid, name="position_embedding")(x)
-        if pooling == "token":
-            x = ClassToken(name="class_token")(x)
-    x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+    x = keras.layers.Rescaling(scale, offset, name="normalisation", dtype=dtype)(images)
+    x = _embed(patching(x), grid, class_token, distillation_token, position_embedding, dtype)
+    x = keras.layers.Dropout(dropout, name="embedding_dropout", dtype=dtype)(x)
     for index in range(config["depth"]):
         rate = drop_path * index / max(config["depth"] - 1, 1)
         x = TransformerEncoderBlock(config["num_heads"], config["mlp_dim"], dropout=dropout,
                                     attention_dropout=attention_dropout, drop_path=rate,
-                                    norm_first=True, name=f"encoder_block_{index}")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="encoder_norm")(x)
-    x = TokenPooling(pooling, num_prefix_tokens=0, name="pooling")(x)
-    if representation_size is not None:
-        x = keras.layers.Dense(check_positive_int("representation_size", representation_size),
-                               activation="tanh", name="pre_logits")(x)
-    if include_top:
-        x = keras.layers.Dense(num_classes, activation=classifier_activation, name="head",
-                               dtype="float32")(x)
-    else:
-        x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
+                                    norm_first=True, activation=activation, epsilon=epsilon,
+                                    name=f"encoder_block_{index}", dtype=dtype)(x)
+    x = _classify(x, pooling=pooling, num_prefix=num_prefix,
+                  distillation_token=distillation_token, fc_norm=fc_norm, epsilon=epsilon,
+                  representation_size=representation_size, include_top=include_top,
+                  num_classes=num_classes, classifier_activation=classifier_activation,
+                  dtype=dtype)
     if name is None:
         name = f"vit_{size.lower()}{patching.patch_size[0]}"
     return keras.Model(images, x, name=name)

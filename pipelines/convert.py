@@ -1,0 +1,112 @@
+"""`keras-vit convert`: a published ViT checkpoint -> a `.keras` model (and a served SavedModel).
+
+The model takes raw [0, 255] pixels (the checkpoint's normalisation is inside
+it). Nothing is written unless the checkpoint loads, the model saves and the
+optional export succeeds: the `.keras` file is written under a temporary name
+and renamed last, and `export_model` publishes its version atomically.
+
+Example:
+    keras-vit convert ViT-B_16.npz vit_b16_384.keras --image-size 384,384 --num-classes 10
+    keras-vit convert timm_vit/ vit.keras --export vit --export-dir savedmodels
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+
+from pipelines.cli_args import image_size
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-vit convert",
+        description="Convert a ViT checkpoint (Google .npz, Hugging Face folder, timm "
+                    ".safetensors, keras-hub preset) into a .keras model.")
+    parser.add_argument("checkpoint",
+                        help="local checkpoint file or folder (nothing is downloaded)")
+    parser.add_argument("output", help="the .keras file to write")
+    parser.add_argument("--image-size", type=image_size,
+                        help="HEIGHT,WIDTH of the model's input (position embedding resampled); "
+                             "default: the checkpoint's")
+    parser.add_argument("--num-classes", type=int,
+                        help="classes of the head; a different count gets a new zero head")
+    parser.add_argument("--num-heads", type=int,
+                        help="attention heads (timm state dicts without config.json)")
+    parser.add_argument("--mean", type=_floats,
+                        help="input mean in [0, 1] units, e.g. 0.485,0.456,0.406")
+    parser.add_argument("--std", type=_floats,
+                        help="input std in [0, 1] units, e.g. 0.229,0.224,0.225")
+    parser.add_argument("--export", metavar="NAME", help="also export a TF Serving SavedModel NAME")
+    parser.add_argument("--export-dir", default="savedmodels",
+                        help="base folder of the exported versions (default: savedmodels)")
+    return parser
+
+
+def _floats(text):
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; received {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=None, mean=None,
+            std=None, export_name=None, export_dir="savedmodels"):
+    """Loads `checkpoint`, writes `output` (.keras) and optionally exports it; returns the model.
+
+    Args:
+        checkpoint: path accepted by `keras_vit.models.load_checkpoint`.
+        output: path of the `.keras` file.
+        image_size: `(height, width)` or None for the checkpoint's.
+        num_classes, num_heads, mean, std: as in `load_checkpoint`.
+        export_name: served model name, or None for no export.
+        export_dir: base folder of the served versions.
+
+    Returns:
+        The loaded `keras.Model`.
+    """
+    from keras_vit.models import load_checkpoint
+
+    output = pathlib.Path(output)
+    if output.suffix != ".keras":
+        raise ValueError(f"the output must be a .keras file; received {str(output)!r}")
+    if export_name is not None:
+        from pipelines.export import validate_model_name
+
+        validate_model_name(export_name)
+    model = load_checkpoint(checkpoint, image_shape=image_size, num_classes=num_classes,
+                            num_heads=num_heads, mean=mean, std=std)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(temporary)
+        if export_name is not None:
+            from pipelines.export import export_model
+
+            export_model(model, export_name, export_dir)
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return model
+
+
+def main(argv=None):
+    """`keras-vit convert ...`; returns the process exit code."""
+    from pipelines.export import ExportError
+
+    args = build_parser().parse_args(argv)
+    try:
+        model = convert(args.checkpoint, args.output, image_size=args.image_size,
+                        num_classes=args.num_classes, num_heads=args.num_heads, mean=args.mean,
+                        std=args.std, export_name=args.export, export_dir=args.export_dir)
+    except (ValueError, OSError, ExportError) as error:  # CheckpointError is a ValueError
+        print(f"keras-vit convert: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: input {model.input_shape[1:]}, output {model.output_shape[1:]}, "
+          f"{model.count_params():,} parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
