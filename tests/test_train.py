@@ -8,6 +8,7 @@ fresh-process verification); the others pass --no-export.
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -417,7 +418,7 @@ def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
 
 def test_train_module_exposes_a_parser_matching_the_config():
     args = train_module.build_parser().parse_args([])
-    assert set(vars(args)) <= {f.name for f in train_module.dataclasses.fields(TrainConfig)}
+    assert set(vars(args)) <= {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**vars(args)).resolved()
     assert config.dataset == "digits" and config.precision == "auto" and config.xla is True
 
