@@ -29,13 +29,14 @@ from pipelines.training.config import (
     search_space_of,
 )
 from pipelines.training.evaluation import SVC_MAX_TRAIN
-from pipelines.training.fit import compile_for_training
+from pipelines.training.fit import compile_for_training, compiled_model
 from pipelines.training.job import train
 from pipelines.training.run_folder import BEST_WEIGHTS, epoch_timer
 from pipelines.options import DEFAULT_DATASET
 
 __all__ = ["BEST_WEIGHTS", "DEFAULT_DATASET", "GENERIC_PRESET", "PRESETS", "SVC_MAX_TRAIN",
-           "TrainConfig", "build_parser", "check_config", "compile_for_training", "epoch_timer",
+           "TrainConfig", "build_parser", "check_config", "compile_for_training", "compiled_model",
+           "epoch_timer",
            "hypermodel_of", "main", "model_kwargs", "recipe_of", "search_space_of", "train",
            "warmup_cosine_schedule"]
 

@@ -439,3 +439,48 @@ def test_deterministic_runs_repeat_exactly(cli_run, rerun):
                                    err_msg=key)
     assert first["test_accuracy"] == pytest.approx(second["test_accuracy"], abs=1e-6)
     assert first["test_loss"] == pytest.approx(second["test_loss"], abs=1e-6)
+
+
+# ------------------------------------------------ one recipe for train and tune
+
+
+def test_tuned_trial_compiles_like_the_training_job(tmp_path, digits_data_dir):
+    """A hypermodel fixed to the job's hyperparameters compiles the job's model the same way."""
+    import keras_tuner as kt
+
+    from pipelines.data import load_datasets
+    from pipelines.train import compiled_model, hypermodel_of, model_kwargs
+
+    config = TrainConfig(**TINY, epochs=3, batch_size=100, learning_rate=2e-3,
+                         weight_decay=0.03, warmup_fraction=0.2, label_smoothing=0.15,
+                         clipnorm=0.7, dropout=0.1, xla=False,
+                         data_dir=digits_data_dir).resolved()
+    data = load_datasets("digits", batch_size=config.batch_size, data_dir=digits_data_dir,
+                         drop_remainder=True)  # as the job reads it
+    info = data.info
+    steps = int(data.train.cardinality().numpy())
+    assert steps == info.num_train // config.batch_size  # 11: the remainder is dropped
+    job_model = compiled_model(config, model_kwargs(config, info), steps)
+    tuned = hypermodel_of(config, info, jit_compile=False, dtype_policy="float32").build(
+        kt.HyperParameters())
+
+    job_optimizer, tuned_optimizer = job_model.optimizer.get_config(), tuned.optimizer.get_config()
+    assert type(tuned.optimizer) is type(job_model.optimizer)
+    # Keras numbers optimizer names per process (adam_w, adam_w_1): everything else is equal.
+    assert {**tuned_optimizer, "name": None} == {**job_optimizer, "name": None}
+    assert job_optimizer["learning_rate"]["config"]["decay_steps"] == 3 * steps - int(0.2 * 3 * steps)
+    assert job_optimizer["clipnorm"] == pytest.approx(0.7)
+    assert tuned.loss.get_config() == job_model.loss.get_config()
+    assert type(tuned.loss) is type(job_model.loss)
+    assert tuned.count_params() == job_model.count_params() == tiny_parameters()
+
+    # Same weights, same inputs: the same loss and accuracy from both compiled models.
+    tuned.set_weights(job_model.get_weights())
+    images, labels = next(iter(data.test))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(labels), 10)).astype("float32")
+    assert float(tuned.loss(labels, logits)) == pytest.approx(float(job_model.loss(labels, logits)))
+    job_scores = job_model.evaluate(images, labels, verbose=0, return_dict=True)
+    tuned_scores = tuned.evaluate(images, labels, verbose=0, return_dict=True)
+    assert set(job_scores) == {"loss", "accuracy"}
+    assert tuned_scores == pytest.approx(job_scores)

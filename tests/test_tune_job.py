@@ -129,6 +129,17 @@ def test_interrupted_search_resumes_then_exports_its_winner(data_dir, tmp_path):
                       callbacks=[CountTrainings()])
     before = read_trials(project)
     assert {k: t["status"] for k, t in before.items()} == {"0": "COMPLETED", "1": "RUNNING"}
+    # The public stand-in for keras-tuner's private retry queue: if keras-tuner
+    # stops re-running RUNNING trials first, this fails.
+    from keras_vit.tuning import ViTHyperModel
+
+    reloaded = tune_job.make_tuner(
+        "random", ViTHyperModel((8, 8, 1), 10, tune_job.load_space(None, TINY_SPACE)),
+        objective="val_accuracy", max_trials=2, epochs=1, directory=str(run_dir),
+        project_name="search")
+    assert tune_job.interrupted_trials(reloaded.oracle) == ["1"]
+    assert reloaded.oracle.get_state()["retry_queue"] == ["1"]
+    assert reloaded.oracle.create_trial("tuner0").trial_id == "1"  # handed out again first
 
     CountTrainings.count, CountTrainings.interrupt_at = 0, None
     messages = []
@@ -158,6 +169,22 @@ def test_interrupted_search_resumes_then_exports_its_winner(data_dir, tmp_path):
     assert export_dir == run_dir / "savedmodels" / "vit_digits_tuned" / "1"
     assert (export_dir / "saved_model.pb").exists()
     assert json.loads((project / "summary.json").read_text())["export"] == str(export_dir)
+
+
+def test_tune_cli_with_affine_augmentation(data_dir, tmp_path, capsys):
+    """`keras-vit tune --augmentation affine`: the choice train has, end to end."""
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "digits", "--data-dir", data_dir, "--offline", "--augmentation",
+            "affine", "--train-examples", "64", "--validation-examples", "64", "--max-trials",
+            "1", "--epochs", "1", "--precision", "float32", "--no-xla", "--no-export",
+            "--output-dir", str(run_dir), "--verbose", "0"]
+    for item in TINY_SPACE:
+        argv += ["--space", item]
+    assert tune_job.main(argv) == 0, capsys.readouterr().err[-3000:]
+    summary = json.loads((run_dir / "search" / "summary.json").read_text())
+    assert summary["config"]["augmentation"] == "affine"
+    assert summary["completed_trials"] == 1
+    assert [t["status"] for t in read_trials(run_dir / "search").values()] == ["COMPLETED"]
 
 
 # ---------------------------------------------------------------- distributed search

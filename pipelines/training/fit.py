@@ -43,6 +43,27 @@ def compile_for_training(model, total_steps, *, learning_rate, jit_compile=True,
         model, total_steps, jit_compile=jit_compile)
 
 
+def compiled_model(config, kwargs, steps_per_epoch):
+    """The run's ViT, compiled by the run's recipe for `epochs * steps_per_epoch` steps.
+
+    Args:
+        config: a resolved `TrainConfig`.
+        kwargs: `vision_transformer` arguments (`model_kwargs(config, info)`).
+        steps_per_epoch: int. Batches in one epoch of the training split.
+
+    Returns:
+        A compiled `keras.Model`.
+
+    Example:
+    >>> model = compiled_model(config, model_kwargs(config, info), steps_per_epoch=8)
+    """
+    from keras_vit.models import vision_transformer
+
+    model = vision_transformer(**kwargs)
+    return recipe_of(config).compile(model, config.epochs * steps_per_epoch,
+                                     jit_compile=config.xla)
+
+
 def fit_model(config, data, kwargs, log):
     """Builds, compiles and trains the run's ViT in `config.output_dir`.
 
@@ -62,16 +83,13 @@ def fit_model(config, data, kwargs, log):
     """
     import keras
 
-    from keras_vit.models import vision_transformer
     from pipelines.distribute import make_strategy
 
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.distribute)
     steps_per_epoch = int(data.train.cardinality().numpy())
-    with strategy.scope():
-        model = vision_transformer(**kwargs)
-        recipe_of(config).compile(model, config.epochs * steps_per_epoch,
-                                  jit_compile=config.xla)
+    with strategy.scope():  # variables and optimizer slots live on the strategy's devices
+        model = compiled_model(config, kwargs, steps_per_epoch)
     log(f"model {model.name}: {model.count_params():,} parameters; distribution: "
         f"{config.distribute} ({strategy.num_replicas_in_sync} replica(s))")
     run_dir = config.output_dir
