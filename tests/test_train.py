@@ -247,6 +247,31 @@ def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
     assert [int(r["epoch"]) for r in rows_before] == list(range(backed_up))
     assert not (run_dir / "metrics.json").exists()
 
+    # Other model/data options: refused before any weight is loaded, nothing touched.
+    interrupted = checksums(run_dir)
+    changed = [a for a in command[3:]]
+    changed[changed.index("--depth") + 1] = "2"
+    changed[changed.index("--epochs") + 1] = "5"
+    code, _, err = run_main(changed)
+    assert code == 2
+    line = one_error_line(err)
+    assert f"cannot resume the interrupted run in {run_dir}" in line
+    assert "--depth 2 (run: 1)" in line and "--epochs 5 (run: 4)" in line
+    assert "--restart" in line and "--batch-size" not in line
+    assert checksums(run_dir) == interrupted and not moved_aside(run_dir)
+
+    # --restart on a copy: the killed run moves aside as it was, a new one starts.
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    restarted = [a if a != str(run_dir) else str(copy) for a in changed]
+    restarted[restarted.index("--epochs") + 1] = "1"
+    code, out, err = run_main(restarted + ["--restart"])
+    assert code == 0, err
+    (old,) = moved_aside(copy)
+    assert checksums(old) == interrupted
+    assert json.loads((copy / "metrics.json").read_text())["resumed"] is False
+    assert [int(r["epoch"]) for r in read_history(copy / "history.csv")] == [0]
+
     second = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=500)
     assert second.returncode == 0, second.stdout[-3000:]
@@ -267,9 +292,28 @@ def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
 # ------------------------------------------ finished run restarted / determinism
 
 
+def checksums(folder):
+    """sha256 of every file under `folder`, by relative path."""
+    import hashlib
+
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(pathlib.Path(folder).rglob("*")) if path.is_file()}
+
+
+def moved_aside(run_dir):
+    return sorted(pathlib.Path(run_dir).parent.glob(pathlib.Path(run_dir).name + ".old-*"))
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keras-vit train: error: "), err
+    return lines[0]
+
+
 @pytest.fixture(scope="module")
 def rerun(cli_run, tmp_path_factory):
-    """The end-to-end run started again, same flags and seed, in a copy of its finished folder.
+    """The end-to-end run started again with --overwrite, same flags and seed, in a copy
+    of its finished folder.
 
     Export and the SVC baseline come after training, so turning them off here
     changes nothing the deterministic comparison looks at.
@@ -278,24 +322,77 @@ def rerun(cli_run, tmp_path_factory):
     run_dir = root / "run"
     shutil.copytree(cli_run["run_dir"], run_dir)
     before = read_history(run_dir / "history.csv")
+    sums = checksums(run_dir)
     policy = keras.config.dtype_policy()
     try:
         code, out, err = run_main(cli_run["argv"] + [
-            "--output-dir", str(run_dir), "--no-export", "--no-baseline"])
+            "--output-dir", str(run_dir), "--no-export", "--no-baseline", "--overwrite"])
     finally:
         keras.config.set_dtype_policy(policy)
-    return dict(code=code, out=out, err=err, run_dir=run_dir, before=before)
+    return dict(code=code, out=out, err=err, run_dir=run_dir, before=before, checksums=sums)
 
 
-def test_finished_run_started_again_starts_fresh(cli_run, rerun):
+def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_data_dir):
+    run_dir = tmp_path / "run"
+    shutil.copytree(cli_run["run_dir"], run_dir)
+    before = checksums(run_dir)
+    code, out, err = run_main(cli_run["argv"] + ["--output-dir", str(run_dir)])
+    assert code == 2
+    line = one_error_line(err)
+    assert f"{run_dir} holds a finished run" in line
+    assert "--output-dir NEW" in line and "--overwrite" in line
+    assert checksums(run_dir) == before and not moved_aside(run_dir)
+
+
+def test_overwrite_moves_the_finished_run_aside_and_starts_fresh(cli_run, rerun):
     assert rerun["code"] == 0, rerun["err"]
+    (old,) = moved_aside(rerun["run_dir"])
+    assert checksums(old) == rerun["checksums"]  # the earlier run, byte for byte
+    assert f"aside to {old}" in rerun["out"]
     assert [int(r["epoch"]) for r in rerun["before"]] == [0]
     rows = read_history(rerun["run_dir"] / "history.csv")
-    assert [int(r["epoch"]) for r in rows] == [0]  # replaced, not appended
+    assert [int(r["epoch"]) for r in rows] == [0]  # a new history, not appended
     metrics = json.loads((rerun["run_dir"] / "metrics.json").read_text())
     assert metrics["resumed"] is False and metrics["epochs_this_run"] == 1
     assert "svc_test_accuracy" not in metrics  # the old metrics.json was not merged
     assert "resum" not in rerun["out"].lower()
+    saved = json.loads((rerun["run_dir"] / "run_config.json").read_text())
+    assert saved["overwrite"] is True and saved["depth"] == TINY["depth"]
+
+
+@pytest.mark.parametrize("case", ["output_dir", "export_dir", "model_name"])
+def test_unusable_outputs_fail_at_start_up(cli_run, tmp_path, digits_data_dir, case):
+    """Checked before any data is read (the dataset is bogus) and before the old run moves."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    run_dir = tmp_path / "run"
+    shutil.copytree(cli_run["run_dir"], run_dir)
+    before = checksums(run_dir)
+    flags = {"output_dir": ["--output-dir", str(blocker / "run")],
+             "export_dir": ["--output-dir", str(run_dir), "--overwrite",
+                            "--export-dir", str(blocker / "savedmodels")],
+             "model_name": ["--output-dir", str(run_dir), "--overwrite",
+                            "--model-name", "no spaces/please"]}[case]
+    needle = {"output_dir": f"--output-dir {blocker / 'run'} is not writable: {blocker} is a "
+                            "file", "export_dir": f"--export-dir {blocker / 'savedmodels'} is "
+                            "not writable", "model_name": "'no spaces/please'"}[case]
+    code, out, err = run_main(tiny_flags() + ["--epochs", "1", "--dataset", "not_a_dataset",
+                                              "--data-dir", digits_data_dir] + flags)
+    assert code == 2
+    assert needle in one_error_line(err)
+    assert checksums(run_dir) == before and not moved_aside(run_dir)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_debug_adds_the_traceback(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = tiny_flags() + ["--output-dir", str(blocker / "run")]
+    code, _, err = run_main(argv)
+    assert code == 2 and "Traceback" not in err
+    code, _, err = run_main(argv + ["--debug"])
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("keras-vit train: error: --output-dir")
 
 
 # --------------------------------------------------------------- bad arguments

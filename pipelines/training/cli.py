@@ -7,6 +7,7 @@ Example:
 import argparse
 import sys
 import textwrap
+import traceback
 
 from pipelines.cli_args import (
     HelpFormatter,
@@ -78,14 +79,27 @@ def build_parser():
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", help="run folder (default runs/<dataset>); rerunning with "
                                           "the folder of a killed run resumes it")
+    out.add_argument("--overwrite", action="store_true",
+                     help="the run folder holds a finished run: move it aside to "
+                          "<folder>.old-<time> and start a new run there")
+    out.add_argument("--restart", action="store_true",
+                     help="the run folder holds a killed run: move it aside to "
+                          "<folder>.old-<time> and start over instead of resuming")
     add_export_arguments(out, "vit_<dataset>")
     out.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                      help="measure scikit-learn's SVC on the same split")
+    out.add_argument("--debug", action="store_true",
+                     help="print the traceback of an error, not just its one-line message")
     return parser
 
 
 def main(argv=None):
-    """Entry point of `keras-vit train` and `python -m pipelines.train`; returns the exit code."""
+    """Entry point of `keras-vit train` and `python -m pipelines.train`; returns the exit code.
+
+    A user error (bad option, unusable folder, refused run folder) prints one
+    line `keras-vit train: error: ...` and returns 2, with its traceback only
+    under `--debug`.
+    """
     args = build_parser().parse_args(argv)
     import tensorflow_datasets as tfds
 
@@ -94,7 +108,14 @@ def main(argv=None):
     tfds.disable_progress_bar()  # Keras' own progress bar is the one to watch.
     try:
         train(TrainConfig(**vars(args)))
-    except ValueError as error:
-        print(f"keras-vit train: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split("\n"))
+        print(f"keras-vit train: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("keras-vit train: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0

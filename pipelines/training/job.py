@@ -18,7 +18,8 @@ import numpy as np
 from pipelines.training import evaluation as evaluation_module
 from pipelines.training.config import check_config, model_kwargs
 from pipelines.training.fit import fit_model
-from pipelines.training.run_folder import METRICS, prepare_run_dir
+from pipelines.training.preflight import check_outputs
+from pipelines.training.run_folder import METRICS, plan_run_dir, prepare_run_dir
 
 
 class _Phases(dict):
@@ -58,6 +59,8 @@ def train(config, log=print):
     """
     config = config.resolved()
     check_config(config)
+    check_outputs(config)
+    plan = plan_run_dir(config)  # refuses a finished run or changed options, before any data
     import keras
 
     from keras_vit.models import vision_transformer
@@ -73,7 +76,7 @@ def train(config, log=print):
     vision_transformer(**kwargs)  # fail on a bad architecture before anything is written
     log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
         f"{info.num_test} test images of shape {info.image_shape}, {info.num_classes} classes")
-    resumed = prepare_run_dir(config.output_dir, log)
+    resumed = prepare_run_dir(config, plan, log)
 
     policy, reason = choose_precision(config.precision)
     keras.config.set_dtype_policy(policy)
