@@ -109,6 +109,7 @@ def cli_run(tmp_path_factory, digits_data_dir):
     return dict(code=code, out=out, err=err, run_dir=run_dir, export_dir=export_dir, argv=argv)
 
 
+@pytest.mark.slow
 def test_cli_run_writes_every_artifact(cli_run):
     assert cli_run["code"] == 0, cli_run["err"]
     run_dir = cli_run["run_dir"]
@@ -154,6 +155,7 @@ def test_cli_run_writes_every_artifact(cli_run):
     assert not (run_dir / "backup").exists()  # a finished run leaves no resume state
 
 
+@pytest.mark.slow
 def test_cli_summary_prints_the_svc_baseline_beside_the_accuracy(cli_run):
     metrics = json.loads((cli_run["run_dir"] / "metrics.json").read_text())
     lines = cli_run["out"].splitlines()
@@ -163,6 +165,20 @@ def test_cli_summary_prints_the_svc_baseline_beside_the_accuracy(cli_run):
     assert f"{metrics['svc_test_accuracy']:.4f}" in lines[accuracy_line + 1]
 
 
+@pytest.mark.slow
+def test_best_keras_loads_compiled_with_only_keras_vit_imported(cli_run):
+    """`import keras_vit` registers the recipe's loss and metric: best.keras loads compiled."""
+    script = ("import sys, keras, keras_vit, numpy as np\n"
+              "model = keras.models.load_model(sys.argv[1])\n"
+              "print(type(model.loss).__name__, model.loss.label_smoothing)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(cli_run["run_dir"] / "best.keras")],
+                          cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["SmoothedCrossentropy", "0.1"]
+
+
+@pytest.mark.slow
 def test_svc_baseline_equals_an_independent_sklearn_computation(cli_run):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -185,6 +201,7 @@ def test_svc_baseline_equals_an_independent_sklearn_computation(cli_run):
 # -------------------------------------------------------------------- --help
 
 
+@pytest.mark.slow
 def test_help_of_the_console_script_and_the_module():
     env = subprocess_env()
     script = VENV_BIN / "keras-vit"
@@ -215,6 +232,7 @@ def test_help_of_the_console_script_and_the_module():
 # ------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "pipelines.train", *tiny_flags(batch_size=32),
@@ -332,6 +350,7 @@ def rerun(cli_run, tmp_path_factory):
     return dict(code=code, out=out, err=err, run_dir=run_dir, before=before, checksums=sums)
 
 
+@pytest.mark.slow
 def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_data_dir):
     run_dir = tmp_path / "run"
     shutil.copytree(cli_run["run_dir"], run_dir)
@@ -344,6 +363,7 @@ def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_dat
     assert checksums(run_dir) == before and not moved_aside(run_dir)
 
 
+@pytest.mark.slow
 def test_overwrite_moves_the_finished_run_aside_and_starts_fresh(cli_run, rerun):
     assert rerun["code"] == 0, rerun["err"]
     (old,) = moved_aside(rerun["run_dir"])
@@ -360,6 +380,7 @@ def test_overwrite_moves_the_finished_run_aside_and_starts_fresh(cli_run, rerun)
     assert saved["overwrite"] is True and saved["depth"] == TINY["depth"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["output_dir", "export_dir", "model_name"])
 def test_unusable_outputs_fail_at_start_up(cli_run, tmp_path, digits_data_dir, case):
     """Checked before any data is read (the dataset is bogus) and before the old run moves."""
@@ -446,6 +467,7 @@ def test_check_config_rejects_a_bad_precision_given_through_the_api(tmp_path, di
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_training_under_a_mirrored_strategy(tmp_path, digits_data_dir):
     """`--distribute mirrored` builds and trains the model under tf.distribute."""
     import tensorflow as tf
@@ -521,6 +543,7 @@ def test_train_module_exposes_a_parser_matching_the_config():
 
 
 # Last, so that `pytest -x` runs everything else first.
+@pytest.mark.slow
 def test_deterministic_runs_repeat_exactly(cli_run, rerun):
     """Same seed + --deterministic + float32: the same history and test metrics.
 

@@ -119,6 +119,7 @@ def test_invalid_space_fails_before_any_trial(data_dir, tmp_path, capsys, space,
 # ---------------------------------------------------------------------- local search
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_then_exports_its_winner(data_dir, tmp_path):
     """2 trials: Ctrl-C in the second, rerun runs only that one, then exports the best."""
     run_dir = tmp_path / "run"
@@ -171,6 +172,7 @@ def test_interrupted_search_resumes_then_exports_its_winner(data_dir, tmp_path):
     assert json.loads((project / "summary.json").read_text())["export"] == str(export_dir)
 
 
+@pytest.mark.slow
 def test_tune_cli_with_affine_augmentation(data_dir, tmp_path, capsys):
     """`keras-vit tune --augmentation affine`: the choice train has, end to end."""
     run_dir = tmp_path / "run"
@@ -215,6 +217,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_search_with_a_chief_and_two_workers(data_dir, tmp_path):
     run_dir, barrier = tmp_path / "run", tmp_path / "barrier"
     barrier.mkdir()
