@@ -1,7 +1,8 @@
 """keras-vit: Vision Transformers for Keras 3, from attention pooling to serving.
 
-Importing the package registers every layer with Keras' serialization, so a
-`.keras` file using them loads with plain `keras.models.load_model`.
+Importing the package registers every layer, and the training recipe's loss and
+metric, with Keras' serialization, so a `.keras` file using them loads (compiled)
+with plain `keras.models.load_model`.
 
 Example:
 >>> import keras, keras_vit
@@ -10,5 +11,6 @@ Example:
 
 from keras_vit import layers  # noqa: F401  (registers the serializable layers)
 from keras_vit import models  # noqa: F401  (registers gelu_tanh, used by imported checkpoints)
+from keras_vit import recipe  # noqa: F401  (registers SmoothedCrossentropy, LabelAccuracy)
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Small parsers shared by the job command lines (`train`, `tune`)."""
+"""Small parsers and argument groups shared by the job command lines (`train`, `tune`)."""
 
 import argparse
 import os
@@ -21,3 +21,77 @@ def image_size(text):
     if len(parts) != 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH or SIZE; received {text!r}")
     return tuple(parts)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the hand-laid-out description and epilog; appends each option's set default.
+
+    Options whose default is None (the preset or the data decides) or a False
+    switch show none: "(default: None)" would say nothing.
+    """
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_data_arguments(parser, default_dataset):
+    """The `data` group both jobs share: source, folders, size, augmentation, order.
+
+    Args:
+        parser: an `argparse.ArgumentParser`.
+        default_dataset: str. `--dataset` when not given.
+
+    Returns:
+        The group, for job-specific data options.
+
+    Example:
+    >>> data = add_data_arguments(parser, "digits")
+    >>> data.add_argument("--train-examples", type=int)
+    """
+    from pipelines.options import AUGMENTATIONS
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=default_dataset,
+                      help="'digits' (embedded, no network), a tfds name, or an image folder")
+    data.add_argument("--data-dir", help="tensorflow-datasets data directory")
+    data.add_argument("--offline", action="store_true",
+                      help="never touch the network: the tfds dataset must be prepared already")
+    data.add_argument("--image-size", type=image_size, help="resize images to HEIGHT,WIDTH")
+    data.add_argument("--augmentation", choices=AUGMENTATIONS,
+                      help="training augmentation (default: what suits the data)")
+    data.add_argument("--deterministic", action="store_true",
+                      help="reproducible input order and augmentation")
+    return data
+
+
+def add_runtime_arguments(group):
+    """`--precision`, `--xla` and `--seed`, with the choices of `pipelines.options`."""
+    from pipelines.options import PRECISIONS
+
+    group.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native "
+                            "bf16 (AMX/AVX-512 BF16, where it is faster), float32 otherwise")
+    group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                       help="compile train and predict steps with XLA (faster on this CPU)")
+    group.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def add_export_arguments(group, default_model_name):
+    """`--model-name`, `--export-dir`, `--[no-]export`, `--[no-]verify-export`, `--verbose`.
+
+    Args:
+        group: an argparse group.
+        default_model_name: str. How the default model name is made, for `--help`.
+    """
+    from pipelines.options import VERBOSITY
+
+    group.add_argument("--model-name", help=f"export name (default {default_model_name})")
+    group.add_argument("--export-dir", default="savedmodels", help="TF Serving model base folder")
+    group.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                       help="export the best model for TF Serving at the end")
+    group.add_argument("--verify-export", action=argparse.BooleanOptionalAction, default=True,
+                       help="verify the export in a fresh process")
+    group.add_argument("--verbose", type=int, default=1, choices=VERBOSITY,
+                       help="Keras fit verbosity (1: progress bar)")

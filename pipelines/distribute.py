@@ -1,6 +1,5 @@
 """`tf.distribute` strategies for the jobs, chosen by name."""
 
-import tensorflow as tf
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
 
@@ -25,6 +24,8 @@ def make_strategy(name="none"):
     """
     if name not in STRATEGIES:
         raise ValueError(f"--distribute must be one of {STRATEGIES}; received {name!r}")
+    import tensorflow as tf  # here, so the CLIs read STRATEGIES without loading TF
+
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":

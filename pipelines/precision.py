@@ -1,6 +1,5 @@
 """Choosing the numeric precision of a run for the hardware at hand."""
 
-import tensorflow as tf
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -48,6 +47,8 @@ def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None):
     if requested != "auto":
         return requested, "requested"
     if has_gpu is None:
+        import tensorflow as tf  # here, so the CLIs read PRECISIONS without loading TF
+
         has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if has_gpu:
         return "mixed_float16", "auto: a GPU is present"

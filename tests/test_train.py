@@ -8,6 +8,7 @@ fresh-process verification); the others pass --no-export.
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -108,6 +109,7 @@ def cli_run(tmp_path_factory, digits_data_dir):
     return dict(code=code, out=out, err=err, run_dir=run_dir, export_dir=export_dir, argv=argv)
 
 
+@pytest.mark.slow
 def test_cli_run_writes_every_artifact(cli_run):
     assert cli_run["code"] == 0, cli_run["err"]
     run_dir = cli_run["run_dir"]
@@ -153,6 +155,7 @@ def test_cli_run_writes_every_artifact(cli_run):
     assert not (run_dir / "backup").exists()  # a finished run leaves no resume state
 
 
+@pytest.mark.slow
 def test_cli_summary_prints_the_svc_baseline_beside_the_accuracy(cli_run):
     metrics = json.loads((cli_run["run_dir"] / "metrics.json").read_text())
     lines = cli_run["out"].splitlines()
@@ -162,6 +165,20 @@ def test_cli_summary_prints_the_svc_baseline_beside_the_accuracy(cli_run):
     assert f"{metrics['svc_test_accuracy']:.4f}" in lines[accuracy_line + 1]
 
 
+@pytest.mark.slow
+def test_best_keras_loads_compiled_with_only_keras_vit_imported(cli_run):
+    """`import keras_vit` registers the recipe's loss and metric: best.keras loads compiled."""
+    script = ("import sys, keras, keras_vit, numpy as np\n"
+              "model = keras.models.load_model(sys.argv[1])\n"
+              "print(type(model.loss).__name__, model.loss.label_smoothing)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(cli_run["run_dir"] / "best.keras")],
+                          cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["SmoothedCrossentropy", "0.1"]
+
+
+@pytest.mark.slow
 def test_svc_baseline_equals_an_independent_sklearn_computation(cli_run):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -184,6 +201,7 @@ def test_svc_baseline_equals_an_independent_sklearn_computation(cli_run):
 # -------------------------------------------------------------------- --help
 
 
+@pytest.mark.slow
 def test_help_of_the_console_script_and_the_module():
     env = subprocess_env()
     script = VENV_BIN / "keras-vit"
@@ -214,6 +232,7 @@ def test_help_of_the_console_script_and_the_module():
 # ------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "pipelines.train", *tiny_flags(batch_size=32),
@@ -246,6 +265,31 @@ def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
     assert [int(r["epoch"]) for r in rows_before] == list(range(backed_up))
     assert not (run_dir / "metrics.json").exists()
 
+    # Other model/data options: refused before any weight is loaded, nothing touched.
+    interrupted = checksums(run_dir)
+    changed = [a for a in command[3:]]
+    changed[changed.index("--depth") + 1] = "2"
+    changed[changed.index("--epochs") + 1] = "5"
+    code, _, err = run_main(changed)
+    assert code == 2
+    line = one_error_line(err)
+    assert f"cannot resume the interrupted run in {run_dir}" in line
+    assert "--depth 2 (run: 1)" in line and "--epochs 5 (run: 4)" in line
+    assert "--restart" in line and "--batch-size" not in line
+    assert checksums(run_dir) == interrupted and not moved_aside(run_dir)
+
+    # --restart on a copy: the killed run moves aside as it was, a new one starts.
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    restarted = [a if a != str(run_dir) else str(copy) for a in changed]
+    restarted[restarted.index("--epochs") + 1] = "1"
+    code, out, err = run_main(restarted + ["--restart"])
+    assert code == 0, err
+    (old,) = moved_aside(copy)
+    assert checksums(old) == interrupted
+    assert json.loads((copy / "metrics.json").read_text())["resumed"] is False
+    assert [int(r["epoch"]) for r in read_history(copy / "history.csv")] == [0]
+
     second = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=500)
     assert second.returncode == 0, second.stdout[-3000:]
@@ -266,9 +310,28 @@ def test_killed_run_resumes_instead_of_restarting(tmp_path, digits_data_dir):
 # ------------------------------------------ finished run restarted / determinism
 
 
+def checksums(folder):
+    """sha256 of every file under `folder`, by relative path."""
+    import hashlib
+
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(pathlib.Path(folder).rglob("*")) if path.is_file()}
+
+
+def moved_aside(run_dir):
+    return sorted(pathlib.Path(run_dir).parent.glob(pathlib.Path(run_dir).name + ".old-*"))
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keras-vit train: error: "), err
+    return lines[0]
+
+
 @pytest.fixture(scope="module")
 def rerun(cli_run, tmp_path_factory):
-    """The end-to-end run started again, same flags and seed, in a copy of its finished folder.
+    """The end-to-end run started again with --overwrite, same flags and seed, in a copy
+    of its finished folder.
 
     Export and the SVC baseline come after training, so turning them off here
     changes nothing the deterministic comparison looks at.
@@ -277,24 +340,80 @@ def rerun(cli_run, tmp_path_factory):
     run_dir = root / "run"
     shutil.copytree(cli_run["run_dir"], run_dir)
     before = read_history(run_dir / "history.csv")
+    sums = checksums(run_dir)
     policy = keras.config.dtype_policy()
     try:
         code, out, err = run_main(cli_run["argv"] + [
-            "--output-dir", str(run_dir), "--no-export", "--no-baseline"])
+            "--output-dir", str(run_dir), "--no-export", "--no-baseline", "--overwrite"])
     finally:
         keras.config.set_dtype_policy(policy)
-    return dict(code=code, out=out, err=err, run_dir=run_dir, before=before)
+    return dict(code=code, out=out, err=err, run_dir=run_dir, before=before, checksums=sums)
 
 
-def test_finished_run_started_again_starts_fresh(cli_run, rerun):
+@pytest.mark.slow
+def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_data_dir):
+    run_dir = tmp_path / "run"
+    shutil.copytree(cli_run["run_dir"], run_dir)
+    before = checksums(run_dir)
+    code, out, err = run_main(cli_run["argv"] + ["--output-dir", str(run_dir)])
+    assert code == 2
+    line = one_error_line(err)
+    assert f"{run_dir} holds a finished run" in line
+    assert "--output-dir NEW" in line and "--overwrite" in line
+    assert checksums(run_dir) == before and not moved_aside(run_dir)
+
+
+@pytest.mark.slow
+def test_overwrite_moves_the_finished_run_aside_and_starts_fresh(cli_run, rerun):
     assert rerun["code"] == 0, rerun["err"]
+    (old,) = moved_aside(rerun["run_dir"])
+    assert checksums(old) == rerun["checksums"]  # the earlier run, byte for byte
+    assert f"aside to {old}" in rerun["out"]
     assert [int(r["epoch"]) for r in rerun["before"]] == [0]
     rows = read_history(rerun["run_dir"] / "history.csv")
-    assert [int(r["epoch"]) for r in rows] == [0]  # replaced, not appended
+    assert [int(r["epoch"]) for r in rows] == [0]  # a new history, not appended
     metrics = json.loads((rerun["run_dir"] / "metrics.json").read_text())
     assert metrics["resumed"] is False and metrics["epochs_this_run"] == 1
     assert "svc_test_accuracy" not in metrics  # the old metrics.json was not merged
     assert "resum" not in rerun["out"].lower()
+    saved = json.loads((rerun["run_dir"] / "run_config.json").read_text())
+    assert saved["overwrite"] is True and saved["depth"] == TINY["depth"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["output_dir", "export_dir", "model_name"])
+def test_unusable_outputs_fail_at_start_up(cli_run, tmp_path, digits_data_dir, case):
+    """Checked before any data is read (the dataset is bogus) and before the old run moves."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    run_dir = tmp_path / "run"
+    shutil.copytree(cli_run["run_dir"], run_dir)
+    before = checksums(run_dir)
+    flags = {"output_dir": ["--output-dir", str(blocker / "run")],
+             "export_dir": ["--output-dir", str(run_dir), "--overwrite",
+                            "--export-dir", str(blocker / "savedmodels")],
+             "model_name": ["--output-dir", str(run_dir), "--overwrite",
+                            "--model-name", "no spaces/please"]}[case]
+    needle = {"output_dir": f"--output-dir {blocker / 'run'} is not writable: {blocker} is a "
+                            "file", "export_dir": f"--export-dir {blocker / 'savedmodels'} is "
+                            "not writable", "model_name": "'no spaces/please'"}[case]
+    code, out, err = run_main(tiny_flags() + ["--epochs", "1", "--dataset", "not_a_dataset",
+                                              "--data-dir", digits_data_dir] + flags)
+    assert code == 2
+    assert needle in one_error_line(err)
+    assert checksums(run_dir) == before and not moved_aside(run_dir)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_debug_adds_the_traceback(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = tiny_flags() + ["--output-dir", str(blocker / "run")]
+    code, _, err = run_main(argv)
+    assert code == 2 and "Traceback" not in err
+    code, _, err = run_main(argv + ["--debug"])
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("keras-vit train: error: --output-dir")
 
 
 # --------------------------------------------------------------- bad arguments
@@ -348,6 +467,7 @@ def test_check_config_rejects_a_bad_precision_given_through_the_api(tmp_path, di
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_training_under_a_mirrored_strategy(tmp_path, digits_data_dir):
     """`--distribute mirrored` builds and trains the model under tf.distribute."""
     import tensorflow as tf
@@ -417,12 +537,13 @@ def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
 
 def test_train_module_exposes_a_parser_matching_the_config():
     args = train_module.build_parser().parse_args([])
-    assert set(vars(args)) <= {f.name for f in train_module.dataclasses.fields(TrainConfig)}
+    assert set(vars(args)) <= {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**vars(args)).resolved()
     assert config.dataset == "digits" and config.precision == "auto" and config.xla is True
 
 
 # Last, so that `pytest -x` runs everything else first.
+@pytest.mark.slow
 def test_deterministic_runs_repeat_exactly(cli_run, rerun):
     """Same seed + --deterministic + float32: the same history and test metrics.
 
@@ -438,3 +559,48 @@ def test_deterministic_runs_repeat_exactly(cli_run, rerun):
                                    err_msg=key)
     assert first["test_accuracy"] == pytest.approx(second["test_accuracy"], abs=1e-6)
     assert first["test_loss"] == pytest.approx(second["test_loss"], abs=1e-6)
+
+
+# ------------------------------------------------ one recipe for train and tune
+
+
+def test_tuned_trial_compiles_like_the_training_job(tmp_path, digits_data_dir):
+    """A hypermodel fixed to the job's hyperparameters compiles the job's model the same way."""
+    import keras_tuner as kt
+
+    from pipelines.data import load_datasets
+    from pipelines.train import compiled_model, hypermodel_of, model_kwargs
+
+    config = TrainConfig(**TINY, epochs=3, batch_size=100, learning_rate=2e-3,
+                         weight_decay=0.03, warmup_fraction=0.2, label_smoothing=0.15,
+                         clipnorm=0.7, dropout=0.1, xla=False,
+                         data_dir=digits_data_dir).resolved()
+    data = load_datasets("digits", batch_size=config.batch_size, data_dir=digits_data_dir,
+                         drop_remainder=True)  # as the job reads it
+    info = data.info
+    steps = int(data.train.cardinality().numpy())
+    assert steps == info.num_train // config.batch_size  # 11: the remainder is dropped
+    job_model = compiled_model(config, model_kwargs(config, info), steps)
+    tuned = hypermodel_of(config, info, jit_compile=False, dtype_policy="float32").build(
+        kt.HyperParameters())
+
+    job_optimizer, tuned_optimizer = job_model.optimizer.get_config(), tuned.optimizer.get_config()
+    assert type(tuned.optimizer) is type(job_model.optimizer)
+    # Keras numbers optimizer names per process (adam_w, adam_w_1): everything else is equal.
+    assert {**tuned_optimizer, "name": None} == {**job_optimizer, "name": None}
+    assert job_optimizer["learning_rate"]["config"]["decay_steps"] == 3 * steps - int(0.2 * 3 * steps)
+    assert job_optimizer["clipnorm"] == pytest.approx(0.7)
+    assert tuned.loss.get_config() == job_model.loss.get_config()
+    assert type(tuned.loss) is type(job_model.loss)
+    assert tuned.count_params() == job_model.count_params() == tiny_parameters()
+
+    # Same weights, same inputs: the same loss and accuracy from both compiled models.
+    tuned.set_weights(job_model.get_weights())
+    images, labels = next(iter(data.test))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(labels), 10)).astype("float32")
+    assert float(tuned.loss(labels, logits)) == pytest.approx(float(job_model.loss(labels, logits)))
+    job_scores = job_model.evaluate(images, labels, verbose=0, return_dict=True)
+    tuned_scores = tuned.evaluate(images, labels, verbose=0, return_dict=True)
+    assert set(job_scores) == {"loss", "accuracy"}
+    assert tuned_scores == pytest.approx(job_scores)

@@ -119,6 +119,7 @@ def test_invalid_space_fails_before_any_trial(data_dir, tmp_path, capsys, space,
 # ---------------------------------------------------------------------- local search
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_then_exports_its_winner(data_dir, tmp_path):
     """2 trials: Ctrl-C in the second, rerun runs only that one, then exports the best."""
     run_dir = tmp_path / "run"
@@ -129,6 +130,17 @@ def test_interrupted_search_resumes_then_exports_its_winner(data_dir, tmp_path):
                       callbacks=[CountTrainings()])
     before = read_trials(project)
     assert {k: t["status"] for k, t in before.items()} == {"0": "COMPLETED", "1": "RUNNING"}
+    # The public stand-in for keras-tuner's private retry queue: if keras-tuner
+    # stops re-running RUNNING trials first, this fails.
+    from keras_vit.tuning import ViTHyperModel
+
+    reloaded = tune_job.make_tuner(
+        "random", ViTHyperModel((8, 8, 1), 10, tune_job.load_space(None, TINY_SPACE)),
+        objective="val_accuracy", max_trials=2, epochs=1, directory=str(run_dir),
+        project_name="search")
+    assert tune_job.interrupted_trials(reloaded.oracle) == ["1"]
+    assert reloaded.oracle.get_state()["retry_queue"] == ["1"]
+    assert reloaded.oracle.create_trial("tuner0").trial_id == "1"  # handed out again first
 
     CountTrainings.count, CountTrainings.interrupt_at = 0, None
     messages = []
@@ -160,6 +172,23 @@ def test_interrupted_search_resumes_then_exports_its_winner(data_dir, tmp_path):
     assert json.loads((project / "summary.json").read_text())["export"] == str(export_dir)
 
 
+@pytest.mark.slow
+def test_tune_cli_with_affine_augmentation(data_dir, tmp_path, capsys):
+    """`keras-vit tune --augmentation affine`: the choice train has, end to end."""
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "digits", "--data-dir", data_dir, "--offline", "--augmentation",
+            "affine", "--train-examples", "64", "--validation-examples", "64", "--max-trials",
+            "1", "--epochs", "1", "--precision", "float32", "--no-xla", "--no-export",
+            "--output-dir", str(run_dir), "--verbose", "0"]
+    for item in TINY_SPACE:
+        argv += ["--space", item]
+    assert tune_job.main(argv) == 0, capsys.readouterr().err[-3000:]
+    summary = json.loads((run_dir / "search" / "summary.json").read_text())
+    assert summary["config"]["augmentation"] == "affine"
+    assert summary["completed_trials"] == 1
+    assert [t["status"] for t in read_trials(run_dir / "search").values()] == ["COMPLETED"]
+
+
 # ---------------------------------------------------------------- distributed search
 
 WORKER_SCRIPT = textwrap.dedent("""
@@ -188,6 +217,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_search_with_a_chief_and_two_workers(data_dir, tmp_path):
     run_dir, barrier = tmp_path / "run", tmp_path / "barrier"
     barrier.mkdir()

@@ -166,6 +166,7 @@ def test_loss_and_metric_accept_int_and_one_hot_labels():
 # ------------------------------------------------------------------------- tuners
 
 
+@pytest.mark.slow
 def test_random_search_best_model_reloads_with_its_layers_and_predictions(
         digits, recorder, tmp_path):
     hypermodel = tiny_hypermodel()
@@ -198,6 +199,7 @@ def test_random_search_best_model_reloads_with_its_layers_and_predictions(
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_hyperband_passes_epochs_and_initial_epoch(digits, recorder, tmp_path):
     hypermodel = tiny_hypermodel({"hidden_dim": [16]}, epochs=2)
     tuner = kt.Hyperband(hypermodel, objective="val_accuracy", max_epochs=2, factor=2, seed=1,
@@ -215,6 +217,7 @@ def test_hyperband_passes_epochs_and_initial_epoch(digits, recorder, tmp_path):
     assert recorder.trials[2]["start_step"] == steps_per_epoch
 
 
+@pytest.mark.slow
 def test_bayesian_optimization_runs(digits, recorder, tmp_path):
     tuner = search(kt.BayesianOptimization(tiny_hypermodel(), objective="val_accuracy",
                                            max_trials=1, seed=2, directory=str(tmp_path),
@@ -224,6 +227,7 @@ def test_bayesian_optimization_runs(digits, recorder, tmp_path):
     assert trial.status == "COMPLETED" and 0.0 <= trial.score <= 1.0
 
 
+@pytest.mark.slow
 def test_grid_search_walks_the_grid_from_the_defaults(digits, recorder, tmp_path):
     space = {"mlp_ratio": 2, "pooling": ["gap", "token"], "dropout": 0.0, "drop_path": 0.0,
              "learning_rate": 1e-3, "weight_decay": 0.05, "label_smoothing": 0.1,
@@ -236,6 +240,7 @@ def test_grid_search_walks_the_grid_from_the_defaults(digits, recorder, tmp_path
     assert all(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
 
 
+@pytest.mark.slow
 def test_works_inside_a_user_written_tuner(digits, recorder, tmp_path):
     class MyTuner(kt.Tuner):
         """Builds and fits through the hypermodel, reports its own metric dict."""

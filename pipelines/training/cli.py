@@ -1,0 +1,121 @@
+"""The `keras-vit train` command line: parser and `main`.
+
+Example:
+    keras-vit train --dataset cifar10 --data-dir ~/tfds --offline --epochs 30
+"""
+
+import argparse
+import sys
+import textwrap
+import traceback
+
+from pipelines.cli_args import (
+    HelpFormatter,
+    add_data_arguments,
+    add_export_arguments,
+    add_runtime_arguments,
+)
+from pipelines.options import DEFAULT_DATASET, POOLINGS, POSITION_EMBEDDINGS, STRATEGIES
+from pipelines.training.config import GENERIC_PRESET, PRESETS, TrainConfig
+
+
+def _description():
+    presets = ("Train a Vision Transformer. Options left unset take the dataset's preset "
+               "(digits: " + ", ".join(f"{k}={v}" for k, v in PRESETS["digits"].items())
+               + "; other data: " + ", ".join(f"{k}={v}" for k, v in GENERIC_PRESET.items())
+               + ").")
+    return textwrap.fill(presets, width=79)
+
+
+def _add_model_arguments(parser):
+    model = parser.add_argument_group("model")
+    model.add_argument("--variant", help="ViT size and patch, e.g. Ti/16, S/16, B/16, L/16, H/14")
+    model.add_argument("--patch-size", type=int, help="override the variant's patch size")
+    model.add_argument("--hidden-dim", type=int, help="override the width")
+    model.add_argument("--depth", type=int, help="override the number of encoder blocks")
+    model.add_argument("--num-heads", type=int, help="override the attention heads")
+    model.add_argument("--mlp-dim", type=int, help="override the MLP width")
+    model.add_argument("--pooling", choices=POOLINGS, help="class token or average pooling")
+    model.add_argument("--position-embedding", choices=POSITION_EMBEDDINGS, default="learned",
+                       help="learned or fixed 2-D sin-cos position embedding")
+    model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
+    model.add_argument("--attention-dropout", type=float, default=0.0,
+                       help="dropout on attention weights")
+    model.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
+
+
+def _add_optimisation_arguments(parser):
+    defaults = TrainConfig()
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, help="training epochs")
+    optim.add_argument("--batch-size", type=int, help="batch size")
+    optim.add_argument("--learning-rate", type=float, help="peak AdamW learning rate")
+    optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                       help="AdamW weight decay")
+    optim.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
+                       help="fraction of steps of linear warm-up before cosine decay")
+    optim.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                       help="label smoothing")
+    optim.add_argument("--clipnorm", type=float, default=defaults.clipnorm,
+                       help="gradient clipping norm")
+    add_runtime_arguments(optim)
+    optim.add_argument("--distribute", default="none", choices=STRATEGIES,
+                       help="tf.distribute strategy: one device, all local GPUs (or the CPU), "
+                            "or the workers in TF_CONFIG; the batch size is the global one")
+
+
+def build_parser():
+    """The `keras-vit train` argument parser; every option documented in `--help`."""
+    from pipelines.data import describe_sources
+
+    parser = argparse.ArgumentParser(prog="keras-vit train", formatter_class=HelpFormatter,
+                                     description=_description(), epilog=describe_sources())
+    data = add_data_arguments(parser, DEFAULT_DATASET)
+    data.add_argument("--tta-shift", type=int,
+                      help="evaluate and export the mean prediction over all shifts of up to N "
+                           "pixels (test-time augmentation; 0: off)")
+    _add_model_arguments(parser)
+    _add_optimisation_arguments(parser)
+    out = parser.add_argument_group("output")
+    out.add_argument("--output-dir", help="run folder (default runs/<dataset>); rerunning with "
+                                          "the folder of a killed run resumes it")
+    out.add_argument("--overwrite", action="store_true",
+                     help="the run folder holds a finished run: move it aside to "
+                          "<folder>.old-<time> and start a new run there")
+    out.add_argument("--restart", action="store_true",
+                     help="the run folder holds a killed run: move it aside to "
+                          "<folder>.old-<time> and start over instead of resuming")
+    add_export_arguments(out, "vit_<dataset>")
+    out.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                     help="measure scikit-learn's SVC on the same split")
+    out.add_argument("--debug", action="store_true",
+                     help="print the traceback of an error, not just its one-line message")
+    return parser
+
+
+def main(argv=None):
+    """Entry point of `keras-vit train` and `python -m pipelines.train`; returns the exit code.
+
+    A user error (bad option, unusable folder, refused run folder) prints one
+    line `keras-vit train: error: ...` and returns 2, with its traceback only
+    under `--debug`.
+    """
+    args = build_parser().parse_args(argv)
+    import tensorflow_datasets as tfds
+
+    from pipelines.training.job import train
+
+    tfds.disable_progress_bar()  # Keras' own progress bar is the one to watch.
+    try:
+        train(TrainConfig(**vars(args)))
+    except (ValueError, OSError) as error:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split("\n"))
+        print(f"keras-vit train: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("keras-vit train: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,210 @@
+"""`TrainConfig`: every option of a training run, the dataset presets and their checks.
+
+Example:
+>>> config = TrainConfig(epochs=1, export=False).resolved()
+>>> check_config(config)
+>>> recipe_of(config).learning_rate
+0.003
+"""
+
+import dataclasses
+import os
+
+from keras_vit.recipe import (
+    DEFAULT_CLIPNORM,
+    DEFAULT_LABEL_SMOOTHING,
+    DEFAULT_WARMUP_FRACTION,
+    DEFAULT_WEIGHT_DECAY,
+    TrainingRecipe,
+)
+from pipelines.cli_args import safe_name
+from pipelines.options import DEFAULT_DATASET, PRECISIONS, STRATEGIES
+
+# Model and schedule defaults per dataset; any flag given on the command line wins.
+# The digits preset was chosen by the sweep recorded in README.md.
+PRESETS = {
+    "digits": dict(variant="Ti/2", hidden_dim=64, depth=4, num_heads=4, mlp_dim=128,
+                   pooling="gap", epochs=90, batch_size=128, learning_rate=3e-3,
+                   augmentation="affine", tta_shift=1),
+}
+GENERIC_PRESET = dict(variant="Ti/4", hidden_dim=192, depth=6, num_heads=3, mlp_dim=384,
+                      pooling="token", epochs=30, batch_size=128, learning_rate=1e-3,
+                      tta_shift=0)
+
+# The options that decide the model, its data and its training: a run folder
+# resumes only with the same values (`pipelines.training.run_folder`).
+RUN_DEFINING_OPTIONS = (
+    "dataset", "image_size", "variant", "patch_size", "hidden_dim", "depth", "num_heads",
+    "mlp_dim", "pooling", "position_embedding", "dropout", "attention_dropout", "drop_path",
+    "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
+    "label_smoothing", "clipnorm", "augmentation", "precision", "seed")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of a training run; `None` means "the dataset preset's value".
+
+    Attributes mirror the command-line flags (see `pipelines.training.cli.build_parser`).
+
+    Example:
+    >>> TrainConfig(dataset="mnist", epochs=5).resolved().variant
+    'Ti/4'
+    """
+
+    dataset: str = DEFAULT_DATASET
+    data_dir: str = None
+    offline: bool = False
+    image_size: tuple = None
+    variant: str = None
+    patch_size: int = None
+    hidden_dim: int = None
+    depth: int = None
+    num_heads: int = None
+    mlp_dim: int = None
+    pooling: str = None
+    position_embedding: str = "learned"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    epochs: int = None
+    batch_size: int = None
+    learning_rate: float = None
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    warmup_fraction: float = DEFAULT_WARMUP_FRACTION
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
+    clipnorm: float = DEFAULT_CLIPNORM
+    augmentation: str = None
+    tta_shift: int = None
+    precision: str = "auto"
+    xla: bool = True
+    distribute: str = "none"
+    seed: int = 0
+    deterministic: bool = False
+    output_dir: str = None
+    overwrite: bool = False
+    restart: bool = False
+    model_name: str = None
+    export_dir: str = "savedmodels"
+    export: bool = True
+    verify_export: bool = True
+    baseline: bool = True
+    verbose: int = 1
+    debug: bool = False
+
+    def resolved(self):
+        """A copy with the dataset preset filled in for every unset field."""
+        preset = PRESETS.get(self.dataset, GENERIC_PRESET)
+        values = dataclasses.asdict(self)
+        for key, value in preset.items():
+            if values.get(key) is None:
+                values[key] = value
+        values["output_dir"] = values["output_dir"] or os.path.join(
+            "runs", safe_name(self.dataset))
+        values["model_name"] = values["model_name"] or f"vit_{safe_name(self.dataset)}"
+        return TrainConfig(**values)
+
+
+def recipe_of(config):
+    """The `keras_vit.recipe.TrainingRecipe` of a resolved config.
+
+    Example:
+    >>> recipe_of(TrainConfig().resolved()).label_smoothing
+    0.1
+    """
+    return TrainingRecipe(learning_rate=config.learning_rate,
+                          weight_decay=config.weight_decay,
+                          warmup_fraction=config.warmup_fraction,
+                          label_smoothing=config.label_smoothing, clipnorm=config.clipnorm)
+
+
+def model_kwargs(config, info):
+    """`vision_transformer` arguments for a resolved config and dataset info."""
+    return dict(
+        variant=config.variant, image_shape=info.image_shape, num_classes=info.num_classes,
+        patch_size=config.patch_size, hidden_dim=config.hidden_dim, depth=config.depth,
+        num_heads=config.num_heads, mlp_dim=config.mlp_dim, pooling=config.pooling,
+        position_embedding=config.position_embedding, dropout=config.dropout,
+        attention_dropout=config.attention_dropout, drop_path=config.drop_path,
+    )
+
+
+def _as_flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def check_config(config):
+    """Fails before any data is read or model trained, naming the bad value.
+
+    Args:
+        config: a resolved `TrainConfig`.
+
+    Raises:
+        ValueError: the message names the flag and the value received.
+    """
+    from keras_vit.models.vit import parse_variant
+
+    parse_variant(config.variant)
+    for name, choices in (("distribute", STRATEGIES), ("precision", PRECISIONS)):
+        if getattr(config, name) not in choices:
+            raise ValueError(f"{_as_flag(name)} must be one of {choices}; "
+                             f"received {getattr(config, name)!r}")
+    for name in ("epochs", "batch_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{_as_flag(name)} must be a positive integer; "
+                             f"received {value!r}")
+    if not isinstance(config.tta_shift, int) or config.tta_shift < 0:
+        raise ValueError(f"--tta-shift must be an integer >= 0; received {config.tta_shift!r}")
+    try:
+        recipe_of(config)
+    except ValueError as error:  # the recipe names its fields; the user typed flags
+        message = str(error)
+        for field in dataclasses.fields(TrainingRecipe):
+            message = message.replace(f"`{field.name}`", _as_flag(field.name))
+        raise ValueError(message) from None
+
+
+def hypermodel_of(config, info, **kwargs):
+    """A `ViTHyperModel` whose every hyperparameter is fixed to this run's value.
+
+    Its `build(keras_tuner.HyperParameters())` compiles the model `keras-vit
+    train` trains with this config, through the same recipe; to search around
+    the run, pass `search_space_of(config)` with some keys widened to a
+    `ViTHyperModel` yourself.
+
+    Args:
+        config: a resolved `TrainConfig`.
+        info: the dataset's `DatasetInfo`.
+        **kwargs: more `ViTHyperModel` arguments (`jit_compile`, `dtype_policy`).
+
+    Returns:
+        A `keras_vit.tuning.ViTHyperModel`.
+
+    Example:
+    >>> hypermodel = hypermodel_of(config, data.info, jit_compile=False)
+    >>> model = hypermodel.build(keras_tuner.HyperParameters())
+    """
+    from keras_vit.tuning import ViTHyperModel
+
+    return ViTHyperModel(info.image_shape, info.num_classes, search_space_of(config),
+                         epochs=config.epochs, num_train_examples=info.num_train,
+                         warmup_fraction=config.warmup_fraction, clipnorm=config.clipnorm,
+                         drop_remainder=True, **kwargs)
+
+
+def search_space_of(config):
+    """The resolved config as a `ViTHyperModel` search space of fixed values.
+
+    Example:
+    >>> search_space_of(TrainConfig().resolved())["mlp_ratio"]
+    2.0
+    """
+    from keras_vit.models.vit import parse_variant
+
+    patch_size = config.patch_size or parse_variant(config.variant)[1]
+    space = {key: getattr(config, key) for key in (
+        "depth", "hidden_dim", "num_heads", "pooling", "position_embedding", "dropout",
+        "attention_dropout", "drop_path", "learning_rate", "weight_decay", "label_smoothing",
+        "batch_size")}
+    space.update(patch_size=patch_size, mlp_ratio=config.mlp_dim / config.hidden_dim)
+    return space
