@@ -72,7 +72,7 @@ def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=
     if output.suffix != ".keras":
         raise ValueError(f"the output must be a .keras file; received {str(output)!r}")
     if export_name is not None:
-        from pipelines.export import validate_model_name
+        from pipelines.serving.model_info import validate_model_name
 
         validate_model_name(export_name)
     model = load_checkpoint(checkpoint, image_shape=image_size, num_classes=num_classes,
@@ -82,7 +82,7 @@ def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=
     try:
         model.save(temporary)
         if export_name is not None:
-            from pipelines.export import export_model
+            from pipelines.serving.transaction import export_model
 
             export_model(model, export_name, export_dir)
         os.replace(temporary, output)
@@ -93,7 +93,7 @@ def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=
 
 def main(argv=None):
     """`keras-vit convert ...`; returns the process exit code."""
-    from pipelines.export import ExportError
+    from pipelines.serving.errors import ExportError
 
     args = build_parser().parse_args(argv)
     try:

@@ -123,7 +123,7 @@ def write_artifacts(run_dir, metrics, evaluation, info):
 
 def export_final(config, evaluation, info, log):
     """Exports the final model for TF Serving (`pipelines.export.export_model`); returns its folder."""
-    from pipelines.export import export_model
+    from pipelines.serving.transaction import export_model
 
     version_dir = export_model(evaluation.final, config.model_name, config.export_dir,
                                class_names=list(info.class_names),

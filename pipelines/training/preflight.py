@@ -51,7 +51,7 @@ def check_outputs(config):
     Raises:
         ValueError: one line naming the flag and the value.
     """
-    from pipelines.export import validate_model_name
+    from pipelines.serving.model_info import validate_model_name
 
     check_writable(config.output_dir, "--output-dir")
     if config.export:

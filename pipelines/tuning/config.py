@@ -83,6 +83,6 @@ def check_config(config):
     if config.precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}; received {config.precision!r}")
     if config.export:
-        from pipelines.export import validate_model_name
+        from pipelines.serving.model_info import validate_model_name
         validate_model_name(config.model_name)
 

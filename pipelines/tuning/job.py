@@ -255,7 +255,7 @@ def _best_model(context, tuner, best_trial):
 
 
 def _export(context, model):
-    from pipelines.export import export_model
+    from pipelines.serving.transaction import export_model
 
     config = context.config
     warmup = next(iter(context.data.test))[0].numpy()[:4]
