@@ -169,11 +169,14 @@ def main(argv=None):
     from pipelines.distributed.cluster import restart_process
     from pipelines.distributed.loop import PeerLostError
 
+    def log(line):
+        print(line, flush=True)  # workers' logs are often files: show progress as it comes
+
     try:
         _check(args)
-        run(args)
+        run(args, log=log)
     except PeerLostError as err:
-        restart_process(str(err))
+        restart_process(str(err), log=log)
         return 1
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
