@@ -21,6 +21,7 @@ import argparse
 import re
 import signal
 import sys
+import time
 
 PROG = "keras-vit data-service"
 ADDRESS = re.compile(r"^(grpc://)?(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
@@ -153,12 +154,16 @@ def main(argv=None):
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    # SIGTERM (docker stop, kubectl delete) ends the process like Ctrl-C.
+    # SIGTERM (docker stop, kubectl delete) ends the process like Ctrl-C. Waiting in
+    # Python, not in server.join() (C++), lets the signal handlers run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        server.join()
+        while True:
+            time.sleep(1)
     except KeyboardInterrupt:
         pass
+    finally:
+        server.stop()
     return 0
 
 

@@ -263,7 +263,7 @@ def test_unreachable_peer_fails_after_the_startup_timeout(tmp_path):
     ports = [free_port(), free_port()]
     process = start(demo_command(tmp_path / "run", "--distribute", "multi_worker",
                                  "--startup-timeout", 5), tf_config(ports, 0))
-    returncode, output = finish(process, timeout=180)
+    returncode, output = finish(process, timeout=120)
     errors = [line for line in output.splitlines() if line.startswith(PROG_ERROR)]
     assert returncode == 2 and len(errors) == 1, output[-2000:]
     assert f"127.0.0.1:{ports[1]} not reachable" in errors[0]

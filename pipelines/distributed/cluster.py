@@ -39,10 +39,6 @@ import time
 TRAINING_JOBS = ("chief", "worker")
 #: Seconds a worker waits for all peers at start-up before giving up.
 DEFAULT_STARTUP_TIMEOUT = 120.0
-#: Seconds between two health checks of the peers (TensorFlow's default is 30):
-#: a dead peer is noticed within about this long plus `HEALTH_CHECK_TIMEOUT`.
-HEALTH_CHECK_INTERVAL = 5
-HEALTH_CHECK_TIMEOUT = 5
 
 
 class ClusterError(ValueError):
@@ -216,6 +212,55 @@ def unreachable_peers(addresses, timeout=1.0):
     return down
 
 
+def wait_for_cluster(cluster, timeout, poll=0.2):
+    """Waits, before TensorFlow starts, until every peer of the cluster is up.
+
+    TensorFlow's own set-up waits forever for an unreachable peer, inside C++
+    that holds the interpreter lock (no Python thread or signal can end it).
+    So the workers meet first in Python: each listens on its own TF_CONFIG
+    port and connects to every peer's port; once all answered, it closes its
+    listener and TensorFlow's server takes the port over. A peer that already
+    runs TensorFlow answers on the same port.
+
+    Args:
+        cluster: a `ClusterConfig`.
+        timeout: seconds to wait.
+        poll: seconds between two rounds of connection attempts.
+
+    Raises:
+        ClusterError: this task's port is taken, or peers did not answer in
+            time (naming them).
+
+    Example:
+        >>> wait_for_cluster(read_tf_config(), timeout=60)  # doctest: +SKIP
+    """
+    port = int(cluster.address.rpartition(":")[2])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", port))
+        listener.listen(64)
+    except OSError as err:
+        listener.close()
+        raise ClusterError(f"cannot listen on this task's address {cluster.address} "
+                           f"(TF_CONFIG task {cluster.task_type}:{cluster.task_index}): "
+                           f"{err.strerror or err}") from None
+    deadline = time.monotonic() + timeout
+    try:
+        pending = list(cluster.peers)
+        while pending:
+            pending = unreachable_peers(pending, timeout=min(1.0, timeout))
+            if pending and time.monotonic() > deadline:
+                raise ClusterError(
+                    f"peer(s) {', '.join(pending)} not reachable after {timeout:g} s "
+                    "(startup timeout): start every worker of TF_CONFIG, check the "
+                    "addresses and that the ports are open")
+            if pending:
+                time.sleep(poll)
+    finally:
+        listener.close()
+
+
 def create_multi_worker_strategy(*, startup_timeout=DEFAULT_STARTUP_TIMEOUT,
                                  collective_timeout=None, environ=None):
     """Creates `MultiWorkerMirroredStrategy` for the cluster in `TF_CONFIG`.
@@ -247,18 +292,10 @@ def create_multi_worker_strategy(*, startup_timeout=DEFAULT_STARTUP_TIMEOUT,
     if not startup_timeout or startup_timeout <= 0:
         raise ClusterError(f"startup_timeout={startup_timeout!r}: expected seconds > 0")
     import tensorflow as tf
-    from tensorflow.python.distribute import collective_all_reduce_strategy as collective
-
-    # Class attributes TensorFlow documents as knobs: a finite wait for the
-    # start-up barrier (default: forever) and a faster health check, so a
-    # dead peer turns into an error within seconds instead of a hang.
-    extended = collective.CollectiveAllReduceExtended
-    extended._check_health_initial_timeout = max(1, int(startup_timeout))
-    extended._check_health_interval = HEALTH_CHECK_INTERVAL
-    extended._check_health_timeout = HEALTH_CHECK_TIMEOUT
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING,
         timeout_seconds=collective_timeout)
+    wait_for_cluster(cluster, startup_timeout)
     start = time.monotonic()
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)

@@ -29,6 +29,7 @@ Example:
     >>> history["val_accuracy"][-1]  # doctest: +SKIP
 """
 
+import contextlib
 import csv
 import json
 import math
@@ -329,16 +330,24 @@ def _current_learning_rate(optimizer):
     return float(rate.numpy() if hasattr(rate, "numpy") else rate)
 
 
+@contextlib.contextmanager
+def _replaced(path):
+    """Writes `path` whole or not at all (a kill mid-write keeps the old file)."""
+    with open(path + ".tmp", "w", newline="") as handle:
+        yield handle
+    os.replace(path + ".tmp", path)
+
+
 def _write_epoch(out_dir, state, epoch, row, writer, model, monitor):
     """history.csv/json, TensorBoard scalars and (if improved) the best weights."""
     history = state.history_dict()
     columns = ["epoch"] + [k for k in HISTORY_KEYS if k in history and k != "seconds"]
-    with open(os.path.join(out_dir, "history.csv"), "w", newline="") as handle:
+    with _replaced(os.path.join(out_dir, "history.csv")) as handle:
         table = csv.writer(handle)
         table.writerow(columns)
         for index in range(len(history["epoch"])):
             table.writerow([history[c][index] for c in columns])
-    with open(os.path.join(out_dir, "history.json"), "w") as handle:
+    with _replaced(os.path.join(out_dir, "history.json")) as handle:
         json.dump(history, handle, indent=1)
     with writer.as_default(step=epoch):
         for key, value in row.items():
