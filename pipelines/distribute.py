@@ -45,8 +45,10 @@ def make_strategy(name="none", *, tpu=None, startup_timeout=None):
         raise ValueError(f"startup_timeout={startup_timeout!r} only applies to --distribute "
                          f"multi_worker; received {name!r}")
     if name == "multi_worker":
-        from pipelines.distributed.cluster import (DEFAULT_STARTUP_TIMEOUT,
-                                                   create_multi_worker_strategy)
+        from pipelines.distributed.cluster import (
+            DEFAULT_STARTUP_TIMEOUT,
+            create_multi_worker_strategy,
+        )
 
         strategy, _ = create_multi_worker_strategy(
             startup_timeout=startup_timeout or DEFAULT_STARTUP_TIMEOUT)

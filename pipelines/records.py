@@ -29,7 +29,7 @@ import os
 
 import tensorflow as tf
 
-from pipelines.data import Datasets, DatasetInfo
+from pipelines.data import DatasetInfo, Datasets
 from pipelines.data.images import decode_image
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -32,6 +32,6 @@ for ((i = 0; i < WORKERS; i++)); do
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-grep -h "^epoch\|error" "$RUN_DIR-worker0.log" || true
+grep -h "^epoch\|: error:" "$RUN_DIR-worker0.log" || true
 echo "exit status $status; run folder $RUN_DIR (chief only), export $RUN_DIR-export/1"
 exit $status

@@ -17,8 +17,12 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.distributed.cluster import (ClusterError, parse_tf_config, read_tf_config,
-                                           worker_temp_dir)
+from pipelines.distributed.cluster import (
+    ClusterError,
+    parse_tf_config,
+    read_tf_config,
+    worker_temp_dir,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420  # seconds per worker process (2 shared CPU cores)
@@ -161,7 +165,7 @@ def test_fit_distributed_matches_keras_fit_and_writes_the_run_folder(tmp_path):
 
     (x, y), (x_val, y_val) = demo.digits_arrays()
     x, y, x_val, y_val = x[:256], y[:256], x_val[:64], y_val[:64]
-    one_hot = lambda a, b: (a, tf.one_hot(b, 10))  # noqa: E731
+    one_hot = lambda a, b: (a, tf.one_hot(b, 10))
     train = tf.data.Dataset.from_tensor_slices((x, y)).batch(32, drop_remainder=True).map(one_hot)
     val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(32).map(one_hot)
     models = []
@@ -218,7 +222,7 @@ def test_killed_worker_restarts_and_the_cluster_resumes(tmp_path):
     ports = [free_port(), free_port()]
     command = demo_command(run_dir, "--distribute", "multi_worker", "--epochs", 4,
                            "--batch-size", 32, "--steps-per-epoch", 12, "--startup-timeout", 180)
-    logs = [open(tmp_path / f"log{i}.txt", "w") for i in (0, 1)]
+    logs = [open(tmp_path / f"log{i}.txt", "w") for i in (0, 1)]  # noqa: SIM115 -- children write them
     chief = start(command, tf_config(ports, 0), logs[0])
     worker = start(command, tf_config(ports, 1), logs[1])
     deadline = time.monotonic() + TIMEOUT
@@ -230,6 +234,8 @@ def test_killed_worker_restarts_and_the_cluster_resumes(tmp_path):
     restarted = start(command, tf_config(ports, 1), logs[1])
     assert finish(chief)[0] == 0, (tmp_path / "log0.txt").read_text()[-3000:]
     assert finish(restarted)[0] == 0, (tmp_path / "log1.txt").read_text()[-3000:]
+    for log in logs:
+        log.close()
     result = json.loads((run_dir / "result.json").read_text())
     history = result["history"]
     assert history["epoch"] == list(range(4))

@@ -11,9 +11,15 @@
 See docs/distributed.md.
 """
 
-from pipelines.distributed.cluster import (ClusterConfig, ClusterError,
-                                           create_multi_worker_strategy, parse_tf_config,
-                                           read_tf_config, restart_process, worker_temp_dir)
+from pipelines.distributed.cluster import (
+                                           ClusterConfig,
+                                           ClusterError,
+                                           create_multi_worker_strategy,
+                                           parse_tf_config,
+                                           read_tf_config,
+                                           restart_process,
+                                           worker_temp_dir,
+)
 from pipelines.distributed.loop import PeerLostError, fit_distributed
 
 __all__ = ["ClusterConfig", "ClusterError", "PeerLostError", "create_multi_worker_strategy",

@@ -56,7 +56,6 @@ def _check(args):
 
 def digits_arrays():
     """(train, validation) as (float32 images (N, 8, 8, 1) in [0, 255], int32 labels)."""
-    import numpy as np
     from sklearn.datasets import load_digits
 
     from pipelines.digits_dataset import split_indices, to_pixel_scale
@@ -90,7 +89,7 @@ def make_datasets(args):
         from pipelines.data_service import distribute_through_service
 
         train = distribute_through_service(train, args.data_service)
-    one_hot = lambda x, y: (x, tf.one_hot(y, classes))  # noqa: E731
+    one_hot = lambda x, y: (x, tf.one_hot(y, classes))
     return train.map(one_hot), validation.map(one_hot), tuple(shape), classes
 
 

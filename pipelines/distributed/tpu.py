@@ -45,7 +45,7 @@ def make_tpu_strategy(tpu=None, *, connect_timeout=CONNECT_TIMEOUT):
 
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    except Exception as err:  # ValueError, URLError, ... depending on the environment
+    except Exception as err:  # noqa: BLE001 -- ValueError, URLError, ... by environment
         raise no_tpu(f"{type(err).__name__}: {err}") from None
     master = resolver.master()
     if master.startswith("grpc://") and unreachable_peers([master[len("grpc://"):]],
