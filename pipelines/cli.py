@@ -18,6 +18,8 @@ JOBS = {
     "export": ("pipelines.export", "export a trained model as a TF Serving SavedModel"),
     "predict": ("pipelines.predict", "classify image files locally or through TF Serving"),
     "convert": ("pipelines.convert", "convert a ViT checkpoint (npz, Hugging Face, timm, keras-hub) to a .keras model"),
+    "prepare": ("pipelines.prepare", "write a dataset as sharded TFRecords for many workers"),
+    "data-service": ("pipelines.data_service", "run a tf.data service dispatcher or worker"),
 }
 
 
