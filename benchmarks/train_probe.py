@@ -17,6 +17,10 @@ Written to OUT.json:
   (from one batch's end to the next one's begin: input pipeline and
   callbacks), `validation_seconds`, `validation_step_seconds`, and
   `seconds` (the whole epoch, validation included);
+- `stalls`: where the main thread was, sampled every 0.25 s while an epoch
+  had begun but its first step had not yet ended (the "second compile" hunt):
+  per epoch and phase (`before_first_step`, `first_step`), the most frequent
+  Python stacks (innermost frames last) with their sample counts;
 - `exit_code`: the job's.
 
 Example:
@@ -24,15 +28,56 @@ Example:
         --no-baseline --output-dir /tmp/run
 """
 
+import collections
 import json
 import sys
+import threading
 import time
+import traceback
 
 PROBE_START = time.perf_counter()  # `began_at` of each epoch counts from here
 
 
-def step_recorder():
-    """A Keras callback recording per-batch and per-epoch wall times in `epochs`."""
+SAMPLE_SECONDS = 0.25
+STACK_DEPTH = 10  # innermost frames kept per sample
+
+
+class StallSampler:
+    """Samples the main thread's Python stack while `phase` is set (a daemon thread)."""
+
+    def __init__(self):
+        self.phase = None  # (epoch, "before_first_step" | "first_step") or None
+        self.samples = collections.defaultdict(collections.Counter)
+        self._main = threading.main_thread().ident
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            time.sleep(SAMPLE_SECONDS)
+            phase = self.phase
+            frame = sys._current_frames().get(self._main)
+            if phase is None or frame is None:
+                continue
+            stack = traceback.extract_stack(frame)[-STACK_DEPTH:]
+            key = " <- ".join(f"{entry.name} ({entry.filename.rsplit('site-packages/', 1)[-1]}"
+                              f":{entry.lineno})" for entry in reversed(stack))
+            self.samples[phase][key] += 1
+
+    def report(self, top=3):
+        """`[{"epoch", "phase", "seconds_sampled", "stacks": [[count, stack], ...]}]`."""
+        return [dict(epoch=epoch, phase=phase,
+                     seconds_sampled=sum(counter.values()) * SAMPLE_SECONDS,
+                     stacks=[[count, stack] for stack, count in counter.most_common(top)])
+                for (epoch, phase), counter in sorted(self.samples.items())]
+
+
+def step_recorder(sampler=None):
+    """A Keras callback recording per-batch and per-epoch wall times in `epochs`.
+
+    Args:
+        sampler: optional `StallSampler` whose `phase` it sets from the epoch's
+            begin to its first step's end.
+    """
     import keras
 
     class StepRecorder(keras.callbacks.Callback):
@@ -41,20 +86,28 @@ def step_recorder():
             self.epochs = []
             self._last_end = None
 
+        def _phase(self, name):
+            if sampler is not None:
+                sampler.phase = None if name is None else (len(self.epochs) - 1, name)
+
         def on_epoch_begin(self, epoch, logs=None):
             self.epochs.append(dict(epoch=epoch, began_at=time.perf_counter() - PROBE_START,
                                     train_step_seconds=[],
                                     between_steps_seconds=[], validation_step_seconds=[]))
             self._epoch_start = self._last_end = time.perf_counter()
+            self._phase("before_first_step")
 
         def on_train_batch_begin(self, batch, logs=None):
             now = time.perf_counter()
             self.epochs[-1]["between_steps_seconds"].append(now - self._last_end)
             self._step_start = now
+            if batch == 0:
+                self._phase("first_step")
 
         def on_train_batch_end(self, batch, logs=None):
             self._last_end = time.perf_counter()
             self.epochs[-1]["train_step_seconds"].append(self._last_end - self._step_start)
+            self._phase(None)
 
         def on_test_begin(self, logs=None):
             self._test_start = time.perf_counter()
@@ -91,7 +144,8 @@ def run_probed(train_argv):
     from pipelines import train as train_job
 
     import_seconds = time.perf_counter() - start
-    recorder = step_recorder()
+    sampler = StallSampler()
+    recorder = step_recorder(sampler)
     original = train_job._callbacks
 
     def callbacks_with_recorder(*args, **kwargs):
@@ -103,7 +157,8 @@ def run_probed(train_argv):
         exit_code = train_job.main(train_argv)
     finally:
         train_job._callbacks = original
-    return dict(import_seconds=import_seconds, exit_code=exit_code, epochs=recorder.epochs)
+    return dict(import_seconds=import_seconds, exit_code=exit_code, epochs=recorder.epochs,
+                stalls=sampler.report())
 
 
 def main(argv=None):
