@@ -81,7 +81,7 @@ def _print_job(precision, probe, metrics, wall):
           _fmt(r["first_validation_step"])] for r in epoch_breakdown(probe)]))
     for stall in probe.get("stalls", []):
         if stall["epoch"] > 0 and stall["seconds_sampled"] >= 1.0:
-            count, stack = stall["stacks"][0]
+            _, stack = stall["stacks"][0]
             print(f"   epoch {stall['epoch'] + 1} {stall['phase']}: "
                   f"{stall['seconds_sampled']:.1f} s sampled; most often in: {stack[:300]}")
 

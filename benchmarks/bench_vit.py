@@ -117,7 +117,7 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
                 try:
                     timings, best, result = measure_task(models, step, images, labels,
                                                          compilers, timing)
-                except Exception as error:  # XLA may reject an op: report, go on
+                except Exception as error:  # noqa: BLE001  (XLA may reject an op: report, go on)
                     record["error"] = f"{type(error).__name__}: {error}"[:500]
                     rows.append([policy, task, task_batch] + ["n/a"] * 7)
                     records.append(record)

@@ -93,21 +93,21 @@ def test_flop_formula_rejects_a_patch_that_does_not_divide():
 
 @pytest.mark.parametrize("name, op_type, category", [
     # Names as TensorFlow's profiler reports them for our ViT's train step.
-    ("StatefulPartitionedCall/gradient_tape/vit_ti16_1/encoder_block_0_1/mlp_1/dense1_1/"
-     "Tensordot/MatMul/MatMul_1", "_MklMatMul", "matmuls"),
-    ("StatefulPartitionedCall/gradient_tape/vit_ti16_1/patch_embedding_1/projection_1/"
-     "convolution/Conv2DBackpropFilter", "_MklNativeConv2DBackpropFilterWithBias", "matmuls"),
+    (("StatefulPartitionedCall/gradient_tape/vit_ti16_1/encoder_block_0_1/mlp_1/dense1_1/"
+      "Tensordot/MatMul/MatMul_1"), "_MklMatMul", "matmuls"),
+    (("StatefulPartitionedCall/gradient_tape/vit_ti16_1/patch_embedding_1/projection_1/"
+      "convolution/Conv2DBackpropFilter"), "_MklNativeConv2DBackpropFilterWithBias", "matmuls"),
     ("StatefulPartitionedCall/vit_ti16_1/encoder_block_0_1/attention_1/Softmax", "_MklSoftmax",
      "attention softmax"),
     ("StatefulPartitionedCall/gradient_tape/vit_ti16_1/encoder_block_0_1/attention_1/sub", "Sub",
      "attention softmax"),
     ("StatefulPartitionedCall/vit_ti16_1/encoder_block_0_1/attention_1/value_1/Add", "AddV2",
      "other"),
-    ("StatefulPartitionedCall/sparse_categorical_crossentropy/"
-     "SparseSoftmaxCrossEntropyWithLogits/SparseSoftmaxCrossEntropyWithLogits",
+    (("StatefulPartitionedCall/sparse_categorical_crossentropy/"
+      "SparseSoftmaxCrossEntropyWithLogits/SparseSoftmaxCrossEntropyWithLogits"),
      "SparseSoftmaxCrossEntropyWithLogits", "other"),
-    ("StatefulPartitionedCall/vit_ti16_1/encoder_block_0_1/norm1_1/ArithmeticOptimizer/"
-     "AddOpsRewrite_add_2", "AddV2", "LayerNorm"),
+    (("StatefulPartitionedCall/vit_ti16_1/encoder_block_0_1/norm1_1/ArithmeticOptimizer/"
+      "AddOpsRewrite_add_2"), "AddV2", "LayerNorm"),
     ("StatefulPartitionedCall/gradient_tape/vit_ti16_1/encoder_norm_1/mul/Mul_1", "Mul",
      "LayerNorm"),
     ("StatefulPartitionedCall/vit_ti16_1/encoder_block_0_1/mlp_1/dense1_1/Gelu/Erfc", "Erfc",
