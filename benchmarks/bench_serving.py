@@ -111,7 +111,7 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
                          "yes" if min(rate.ratio, speed.ratio) >= TARGET else "no"])
             print("   " + " | ".join(map(str, rows[-1])), flush=True)
             records.append(dict(precision=policy, summary=summary,
-                                keras_imported_in_worker=record["keras_imported"],
+                                modules_imported_in_worker=record["modules_imported"],
                                 inputs=record["inputs"], output_dtypes=record["output_dtypes"],
                                 timings=record["timings"]))
     passed, clearly_slower, text = common.verdict(results, tolerance, what="ours/keras-hub ratio")
