@@ -79,6 +79,10 @@ def _print_job(precision, probe, metrics, wall):
         [[r["epoch"], _fmt(r["seconds"]), _fmt(r["before_first_step"]), _fmt(r["first_step"]),
           _fmt(r["median_later_step"]), r["steps"], _fmt(r["validation"]),
           _fmt(r["first_validation_step"])] for r in epoch_breakdown(probe)]))
+    gcs = probe.get("full_gc", [])
+    if gcs:
+        print(f"   full garbage collections over 50 ms: {len(gcs)}, {sum(g[1] for g in gcs):.1f} s "
+              f"in all; longest {max(g[1] for g in gcs):.1f} s at {max(gcs, key=lambda g: g[1])[0]:.0f} s")
     for stall in probe.get("stalls", []):
         if stall["epoch"] > 0 and stall["seconds_sampled"] >= 1.0:
             _, stack = stall["stacks"][0]

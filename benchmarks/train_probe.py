@@ -21,6 +21,9 @@ Written to OUT.json:
   had begun but its first step had not yet ended (the "second compile" hunt):
   per epoch and phase (`before_first_step`, `first_step`), the most frequent
   Python stacks (innermost frames last) with their sample counts;
+- `full_gc`: `[started_at, seconds, objects collected]` of every full
+  (generation 2) garbage collection over 50 ms: a pause the stack sampler
+  would attribute to whatever Python line triggered it;
 - `exit_code`: the job's.
 
 Example:
@@ -29,6 +32,7 @@ Example:
 """
 
 import collections
+import gc
 import json
 import sys
 import threading
@@ -36,6 +40,22 @@ import time
 import traceback
 
 PROBE_START = time.perf_counter()  # `began_at` of each epoch counts from here
+
+
+class GcTimer:
+    """Records every garbage collection of generation 2 (full) taking over 50 ms."""
+
+    def __init__(self):
+        self.collections = []  # [started_at (s from PROBE_START), seconds, objects collected]
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase, info):
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif (seconds := time.perf_counter() - self._start) > 0.05:
+            self.collections.append([self._start - PROBE_START, seconds, info["collected"]])
 
 
 SAMPLE_SECONDS = 0.25
@@ -144,6 +164,7 @@ def run_probed(train_argv):
     from pipelines import train as train_job
 
     import_seconds = time.perf_counter() - start
+    gc_timer = GcTimer()
     sampler = StallSampler()
     recorder = step_recorder(sampler)
     original = train_job._callbacks
@@ -158,7 +179,7 @@ def run_probed(train_argv):
     finally:
         train_job._callbacks = original
     return dict(import_seconds=import_seconds, exit_code=exit_code, epochs=recorder.epochs,
-                stalls=sampler.report())
+                stalls=sampler.report(), full_gc=gc_timer.collections)
 
 
 def main(argv=None):
