@@ -69,7 +69,8 @@ def _row(policy, task, batch, timings, best, result, compilers):
     def rate(side, compiler):
         return batch / statistics.median(timings[f"{side} {compiler}"]["wall"])
 
-    configs = " ".join(f"{side[:4]}:{c}={rate(side, c):.1f}" for side in SIDES
+    short = {"ours": "ours", "keras_hub": "hub"}
+    configs = " ".join(f"{short[side]}:{c}={rate(side, c):.1f}" for side in SIDES
                        for c in compilers)
     return [policy, task, batch, f"{best['ours']} / {best['keras_hub']}",
             f"{batch / result.ours_s:.1f}", f"{batch / result.peer_s:.1f}",
