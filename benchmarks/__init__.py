@@ -1,6 +1,6 @@
 """Speed benchmarks: keras_vit against a peer implementation, as ratios.
 
-Run `python -m benchmarks [attention|vit] [--quick]` (or `make bench`); see
+Run `python -m benchmarks [NAME ...] [--quick]` (or `make bench`); see
 `benchmarks/README.md`.
 """
 

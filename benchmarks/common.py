@@ -80,6 +80,62 @@ def _paired(ours, peer):
     return sorted(p / max(o, 1e-12) for o, p in zip(ours, peer))
 
 
+def interleave(calls, *, min_rounds=9, min_time=1.0, max_rounds=400, warmup=2):
+    """Times several zero-argument callables in rounds, one call of each per round.
+
+    The order inside a round rotates from round to round, so no callable always
+    runs first (or right after the same neighbour), and each round's calls share
+    the same machine load. Rounds continue until there are `min_rounds` of them
+    and every callable has run for `min_time` seconds (or `max_rounds`).
+
+    Args:
+        calls: dict name -> zero-argument callable doing one unit of work, and
+            blocking until it is done (TF on CPU executes synchronously).
+        min_rounds: least number of rounds: the repeats.
+        min_time: least total seconds of calls per callable.
+        max_rounds: cap on rounds for very fast calls.
+        warmup: untimed calls per callable first (tracing, XLA compilation, caches).
+
+    Returns:
+        dict name -> `{"wall": [...], "cpu": [...], "first_s": seconds of the first
+        call}`; `wall[i]` / `cpu[i]` come from round `i` for every name.
+
+    Example:
+        >>> timings = interleave({"a": step_a, "b": step_b}, min_rounds=5)
+        >>> statistics.median(timings["a"]["wall"])
+    """
+    names = list(calls)
+    timings = {name: {"wall": [], "cpu": [], "first_s": float("nan")} for name in names}
+    for name in names:
+        first = []
+        for _ in range(max(warmup, 1)):
+            _timed(calls[name], first, [])
+        timings[name]["first_s"] = first[0]
+
+    def more():
+        done = len(timings[names[0]]["wall"])
+        return done < max_rounds and (done < min_rounds or any(
+            sum(timings[name]["wall"]) < min_time for name in names))
+
+    while more():
+        shift = len(timings[names[0]]["wall"]) % len(names)
+        for name in names[shift:] + names[:shift]:
+            _timed(calls[name], timings[name]["wall"], timings[name]["cpu"])
+    return timings
+
+
+def paired_comparison(ours, peer):
+    """A `Comparison` of two `interleave` timings whose round `i` ran under the same load."""
+    ratios = _paired(ours["wall"], peer["wall"])
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return Comparison(statistics.median(ours["wall"]), statistics.median(peer["wall"]),
+                      statistics.median(ratios), len(ratios), quartiles[0], quartiles[2],
+                      statistics.median(_paired(ours["cpu"], peer["cpu"])),
+                      sign_test_p(sum(r < 1.0 for r in ratios), len(ratios)),
+                      ours["first_s"], peer["first_s"], ours["wall"], peer["wall"],
+                      ours["cpu"], peer["cpu"])
+
+
 def compare(ours, peer, *, min_pairs=9, min_time=1.0, max_pairs=400, warmup=2):
     """Times zero-argument callables `ours` and `peer` interleaved; returns a `Comparison`.
 
@@ -98,27 +154,18 @@ def compare(ours, peer, *, min_pairs=9, min_time=1.0, max_pairs=400, warmup=2):
         max_pairs: cap on pairs for very fast calls.
         warmup: untimed calls per side first (tracing, XLA compilation, caches).
     """
-    first_ours, first_peer, unused = [], [], []
-    for _ in range(max(warmup, 1)):
-        _timed(ours, first_ours, unused)
-        _timed(peer, first_peer, unused)
-    ours_wall, peer_wall, ours_cpu, peer_cpu = [], [], [], []
-    while len(ours_wall) < max_pairs and (len(ours_wall) < min_pairs
-                                          or sum(ours_wall) < min_time
-                                          or sum(peer_wall) < min_time):
-        if len(ours_wall) % 2 == 0:
-            _timed(ours, ours_wall, ours_cpu)
-            _timed(peer, peer_wall, peer_cpu)
-        else:
-            _timed(peer, peer_wall, peer_cpu)
-            _timed(ours, ours_wall, ours_cpu)
-    ratios = _paired(ours_wall, peer_wall)
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return Comparison(statistics.median(ours_wall), statistics.median(peer_wall),
-                      statistics.median(ratios), len(ratios), quartiles[0], quartiles[2],
-                      statistics.median(_paired(ours_cpu, peer_cpu)),
-                      sign_test_p(sum(r < 1.0 for r in ratios), len(ratios)),
-                      first_ours[0], first_peer[0], ours_wall, peer_wall, ours_cpu, peer_cpu)
+    timings = interleave({"ours": ours, "peer": peer}, min_rounds=min_pairs,
+                         min_time=min_time, max_rounds=max_pairs, warmup=warmup)
+    return paired_comparison(timings["ours"], timings["peer"])
+
+
+def percentile(values, q):
+    """The `q`-th percentile (0-100) of `values`, linear between order statistics."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def ratio_cell(result):
@@ -171,9 +218,47 @@ def verdict(results, tolerance=TOLERANCE, what="ratio"):
 def _git_commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+                              capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# CPU flags that decide matmul speed: vector width, FMA, and native bfloat16.
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+                         "amx_bf16")
+
+
+def cpu_facts(cpuinfo_path="/proc/cpuinfo"):
+    """`{"model": ..., "flags": [...of interest...], "native_bf16": bool}` from /proc/cpuinfo.
+
+    Native bf16 means AVX-512 BF16 or AMX-BF16 (oneDNN then runs bf16 matmuls in
+    hardware; elsewhere TensorFlow emulates them, slower than float32). The same
+    rule as `pipelines.precision.cpu_has_bf16`.
+
+    Example:
+        >>> cpu_facts()["native_bf16"]
+        True
+    """
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo_path) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags.update(value.split())
+    except OSError:
+        pass
+    present = [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags]
+    return {"model": model, "flags": present,
+            "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags}
+
+
+def precisions_for_this_cpu(cpu=None):
+    """`("float32", "mixed_bfloat16")` where the CPU has native bf16, else `("float32",)`."""
+    cpu = cpu or cpu_facts()
+    return ("float32", "mixed_bfloat16") if cpu["native_bf16"] else ("float32",)
 
 
 def environment():
@@ -191,6 +276,7 @@ def environment():
         "machine": platform.machine(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_facts(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
     }
     try:
@@ -219,6 +305,13 @@ def load_note():
         return ""
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def cpu_note():
+    """One line naming the CPU and its flags that matter for matmuls."""
+    cpu = cpu_facts()
+    return (f"CPU {cpu['model']}; flags: {' '.join(cpu['flags']) or 'none of interest'}; "
+            f"native bf16: {'yes' if cpu['native_bf16'] else 'no'}")
 
 
 class Stopwatch:

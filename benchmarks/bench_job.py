@@ -1,0 +1,120 @@
+"""The default training job's phases: where `keras-vit train`'s wall time goes.
+
+Runs `keras-vit train --epochs 3 --no-export --no-baseline --verbose 0` (the
+digits defaults otherwise; `--quick`: 2 epochs) in a subprocess through
+`benchmarks.train_probe`, which adds a step-timing callback, for
+`--precision float32` and (where the CPU has native bf16) `mixed_bfloat16`,
+and reports from the probe and the job's `metrics.json`:
+
+- imports (TensorFlow, Keras, the job), data (`phase_seconds["data"]`),
+  fit, evaluate, artifacts, wall;
+- first epoch (`epoch_seconds[0]`), and in it the first training step
+  (tracing + XLA compilation) and validation (its own compilations);
+- each later epoch, split into: time before its first step (iterator set-up
+  and callbacks), its first step, the median of the other steps, validation;
+- stalls: where the main thread was while an epoch's first step was awaited
+  (the "second compile" of issue 13).
+
+No peer: the figures are the job's own (issue 13's targets: wall <= 180 s for
+the full default job on 2 cores).
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from benchmarks import common
+
+
+def run_probed_job(precision, epochs, directory, extra_args=()):
+    """Runs the probed training job; returns `(probe record, metrics.json, wall seconds)`."""
+    out = os.path.join(directory, f"probe_{precision}.json")
+    run_dir = os.path.join(directory, f"run_{precision}")
+    command = [sys.executable, "-m", "benchmarks.train_probe", out, "--",
+               "--epochs", str(epochs), "--no-export", "--no-baseline", "--verbose", "0",
+               "--precision", precision, "--output-dir", run_dir, *extra_args]
+    with common.Stopwatch() as wall:
+        completed = subprocess.run(command, cwd=common.REPO_ROOT, capture_output=True,
+                                   text=True, check=False, timeout=7200)
+    if completed.returncode != 0:
+        raise RuntimeError(f"training job exited {completed.returncode}: "
+                           f"{completed.stderr[-2000:]}")
+    with open(out) as handle:
+        probe = json.load(handle)
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    return probe, metrics, wall.seconds
+
+
+def epoch_breakdown(probe):
+    """Per epoch: seconds, before first step, first step, median later step, validation."""
+    rows = []
+    for epoch in probe["epochs"]:
+        steps = epoch["train_step_seconds"]
+        rows.append(dict(
+            epoch=epoch["epoch"] + 1, seconds=epoch.get("seconds"),
+            before_first_step=epoch["between_steps_seconds"][0] if steps else None,
+            first_step=steps[0] if steps else None,
+            median_later_step=statistics.median(steps[1:]) if len(steps) > 1 else None,
+            steps=len(steps), validation=epoch.get("validation_seconds"),
+            first_validation_step=(epoch["validation_step_seconds"] or [None])[0]))
+    return rows
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_job(precision, probe, metrics, wall):
+    phases = metrics.get("phase_seconds", {})
+    print(f"   {precision}: wall {wall:.0f} s (process); imports {probe['import_seconds']:.1f} s; "
+          + "; ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
+          + f"; epoch_seconds {metrics.get('epoch_seconds')}")
+    print(common.format_table(
+        ["epoch", "seconds", "before 1st step", "1st step", "median step", "steps",
+         "validation", "1st val step"],
+        [[r["epoch"], _fmt(r["seconds"]), _fmt(r["before_first_step"]), _fmt(r["first_step"]),
+          _fmt(r["median_later_step"]), r["steps"], _fmt(r["validation"]),
+          _fmt(r["first_validation_step"])] for r in epoch_breakdown(probe)]))
+    gcs = probe.get("full_gc", [])
+    if gcs:
+        print(f"   full garbage collections over 50 ms: {len(gcs)}, {sum(g[1] for g in gcs):.1f} s "
+              f"in all; longest {max(g[1] for g in gcs):.1f} s at {max(gcs, key=lambda g: g[1])[0]:.0f} s")
+    for stall in probe.get("stalls", []):
+        if stall["epoch"] > 0 and stall["seconds_sampled"] >= 1.0:
+            _, stack = stall["stacks"][0]
+            print(f"   epoch {stall['epoch'] + 1} {stall['phase']}: "
+                  f"{stall['seconds_sampled']:.1f} s sampled; most often in: {stack[:300]}")
+
+
+def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
+    """Runs the job benchmark, prints its tables, writes `runs/bench/job.json`.
+
+    Returns:
+        `(True, False)`: the job's phases are reported, never judged here.
+    """
+    epochs = 2 if quick else 3
+    precisions = ("float32",) if quick else common.precisions_for_this_cpu()
+    extra = () if xla else ("--no-xla",)
+    print(f"\n== job: keras-vit train (digits defaults), {epochs} epochs, no export, no "
+          f"baseline, per precision; {common.cpu_note()}")
+    records = []
+    with common.Stopwatch() as total, tempfile.TemporaryDirectory() as directory:
+        for precision in precisions:
+            probe, metrics, wall = run_probed_job(precision, epochs, directory, extra)
+            _print_job(precision, probe, metrics, wall)
+            records.append(dict(precision=precision, process_wall_seconds=wall,
+                                import_seconds=probe["import_seconds"],
+                                phase_seconds=metrics.get("phase_seconds"),
+                                epoch_seconds=metrics.get("epoch_seconds"),
+                                train_images_per_second=metrics.get("train_images_per_second"),
+                                test_accuracy=metrics.get("test_accuracy"),
+                                epochs=epoch_breakdown(probe), probe=probe))
+    print(f"({common.load_note()}; {total.seconds:.0f} s)")
+    path = common.write_results("job", dict(quick=quick, config=dict(epochs=epochs, xla=xla),
+                                            results=records, seconds=total.seconds))
+    print(f"results: {path.relative_to(common.REPO_ROOT)}")
+    return True, False
