@@ -162,22 +162,23 @@ def run_probed(train_argv):
     import tensorflow  # noqa: F401
 
     from pipelines import train as train_job
+    from pipelines.training import fit as fit_module  # builds the job's callback list
 
     import_seconds = time.perf_counter() - start
     gc_timer = GcTimer()
     sampler = StallSampler()
     recorder = step_recorder(sampler)
-    original = train_job._callbacks
+    original = fit_module.training_callbacks
 
     def callbacks_with_recorder(*args, **kwargs):
         # First in the list, so its epoch time brackets the job's own callbacks.
         return [recorder] + original(*args, **kwargs)
 
-    train_job._callbacks = callbacks_with_recorder
+    fit_module.training_callbacks = callbacks_with_recorder
     try:
         exit_code = train_job.main(train_argv)
     finally:
-        train_job._callbacks = original
+        fit_module.training_callbacks = original
     return dict(import_seconds=import_seconds, exit_code=exit_code, epochs=recorder.epochs,
                 stalls=sampler.report(), full_gc=gc_timer.collections)
 
