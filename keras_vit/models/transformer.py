@@ -141,12 +141,13 @@ def _decoder_config(vocab_size, num_layers, hidden_dim, num_heads, mlp_dim, max_
 
 
 def transformer(source_vocab_size, target_vocab_size, *, num_layers, hidden_dim, num_heads,
-                mlp_dim, max_length, dropout=0.0, attention_dropout=0.0, tie_embeddings=False,
-                pad_id=0, norm_first=True, activation="relu", name="transformer"):
+                mlp_dim, max_length, max_source_length=None, dropout=0.0, attention_dropout=0.0,
+                tie_embeddings=False, pad_id=0, norm_first=True, activation="relu",
+                name="transformer"):
     """The encoder-decoder Transformer of "Attention Is All You Need" as a `keras.Model`.
 
     Inputs `[source_tokens (B, S), decoder_tokens (B, T)]` (int, `pad_id`
-    padded, `S, T <= max_length`); output float32 logits `(B, T, target_vocab)`
+    padded, `S <= max_source_length`, `T <= max_length`); output float32 logits `(B, T, target_vocab)`
     for the token after each decoder position. Source padding is masked in the
     encoder's self-attention and the decoder's cross-attention; the decoder's
     self-attention is causal (padded target positions only need masking in the
@@ -159,7 +160,8 @@ def transformer(source_vocab_size, target_vocab_size, *, num_layers, hidden_dim,
         hidden_dim: int > 0. Model width `d`, divisible by `num_heads`.
         num_heads: int > 0. Attention heads.
         mlp_dim: int > 0. Hidden width of the position-wise MLPs.
-        max_length: int > 0. Longest source and decoder sequence.
+        max_length: int > 0. Longest decoder sequence (and generated output).
+        max_source_length: int > 0. Longest source; defaults to `max_length`.
         dropout: float in [0, 1). After the embeddings and in every block.
         attention_dropout: float in [0, 1). On attention weights.
         tie_embeddings: bool. Output projection = transposed target embedding.
@@ -191,7 +193,8 @@ def transformer(source_vocab_size, target_vocab_size, *, num_layers, hidden_dim,
     source_embedding = keras.layers.Embedding(
         source_vocab_size, hidden_dim, name="source_embedding",
         embeddings_initializer=keras.initializers.RandomNormal(stddev=hidden_dim ** -0.5))
-    x = _embed_tokens(source, source_embedding, max_length, dropout, "source")
+    max_source_length = check_positive_int("max_source_length", max_source_length or max_length)
+    x = _embed_tokens(source, source_embedding, max_source_length, dropout, "source")
     for index in range(num_layers):
         x = TransformerEncoderBlock(num_heads, mlp_dim, dropout=dropout,
                                     attention_dropout=attention_dropout, norm_first=norm_first,
