@@ -6,8 +6,8 @@ recomputed in numpy from the embedding matrix, a `.keras` round trip, and a
 learnable synthetic task (reversing digit strings) decoded greedily.
 """
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
