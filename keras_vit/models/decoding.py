@@ -1,0 +1,212 @@
+"""Greedy and beam-search decoding of seq2seq models, as graph code.
+
+Both loops are `keras.ops.while_loop`s over decoder positions (no Python loop
+per token), so they trace once inside `tf.function` / a SavedModel signature
+and run under `jax.jit`. Each step feeds one token through the decoder with a
+self-attention key/value cache; the encoder and the cross-attention keys and
+values of its output are computed once, before the loop. The loop stops as
+soon as every sequence has produced `end_id`.
+
+Conventions: the decoder starts from `start_id`; returned `tokens` `(B,
+max_length)` int32 exclude the start token, include the end token, and hold
+`pad_id` after it. `pad_id` and `start_id` are never generated.
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_vit.models.decoder_steps import decoder_steps
+
+#: Score given to impossible continuations: finite, so no inf - inf NaNs.
+NEG = -1e9
+
+
+def _check_ids(steps, max_length, **ids):
+    if max_length is None:
+        max_length = steps.max_length
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+        raise ValueError(f"`max_length` must be a positive integer; received {max_length!r}")
+    if max_length > steps.max_length:
+        raise ValueError(f"max_length={max_length} exceeds the model's max_length="
+                         f"{steps.max_length} (its position table)")
+    for name, value in ids.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < steps.vocab_size:
+            raise ValueError(f"`{name}` must be a token id in [0, {steps.vocab_size}); "
+                             f"received {name}={value!r}")
+    return max_length
+
+
+def _forbidden_penalty(vocab_size, pad_id, start_id, end_id):
+    """`(V,)` float32: NEG on `pad_id` and `start_id` (never outputs), 0 elsewhere."""
+    penalty = np.zeros(vocab_size, "float32")
+    penalty[[i for i in (pad_id, start_id) if i != end_id]] = NEG
+    return ops.convert_to_tensor(penalty)
+
+
+def _prepare(model, inputs, copies=1):
+    """Encoder memory, its mask and cross-attention keys/values, each row repeated `copies`×."""
+    steps = decoder_steps(model)
+    memory, mask = steps.encode(inputs)
+    if copies > 1:
+        memory = ops.repeat(memory, copies, axis=0)
+        mask = None if mask is None else ops.repeat(mask, copies, axis=0)
+    return steps, mask, steps.cross_attention_cache(memory), ops.shape(memory)[0]
+
+
+def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0):
+    """Most likely token at every step, until `end_id` or `max_length` tokens.
+
+    Args:
+        model: a `transformer` or `image_to_sequence` model.
+        inputs: the model's first input: source tokens `(B, S)` or images.
+        max_length: int. Most tokens to generate (end token included);
+            defaults to the model's `max_length`.
+        start_id, end_id, pad_id: int token ids.
+
+    Returns:
+        `(tokens (B, max_length) int32, scores (B,) float32)`: scores are the
+        summed log-probabilities of the generated tokens.
+
+    Example:
+    >>> tokens, scores = greedy_decode(model, source, max_length=10, start_id=1, end_id=2)
+    """
+    steps = decoder_steps(model)
+    max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
+    steps, mask, cross, batch = _prepare(model, inputs)
+    penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
+
+    def cond(index, current, tokens, finished, scores, caches):
+        return ops.logical_and(ops.less(index, max_length),
+                               ops.logical_not(ops.all(finished)))
+
+    def body(index, current, tokens, finished, scores, caches):
+        logits, caches = steps.step(current, index, caches, cross, mask)
+        log_probs = ops.log_softmax(logits + penalty, axis=-1)
+        chosen = ops.cast(ops.argmax(log_probs, axis=-1), "int32")
+        chosen = ops.where(finished, ops.full_like(chosen, pad_id), chosen)
+        gained = ops.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
+        scores = scores + ops.where(finished, ops.zeros_like(gained), gained)
+        tokens = ops.slice_update(tokens, [0, index], chosen[:, None])
+        finished = ops.logical_or(finished, ops.equal(chosen, end_id))
+        return index + 1, chosen, tokens, finished, scores, caches
+
+    state = (ops.convert_to_tensor(0, "int32"), ops.full((batch,), start_id, "int32"),
+             ops.full((batch, max_length), pad_id, "int32"), ops.zeros((batch,), "bool"),
+             ops.zeros((batch,), "float32"), steps.init_cache(batch, max_length))
+    _, _, tokens, _, scores, _ = ops.while_loop(cond, body, state)
+    return tokens, scores
+
+
+def length_normalised(scores, lengths, length_penalty):
+    """`scores / ((5 + length) / 6) ** length_penalty` (Wu et al., 2016, GNMT).
+
+    Args:
+        scores: float summed log-probabilities.
+        lengths: int numbers of generated tokens (end token included).
+        length_penalty: float >= 0. 0 ranks by summed log-probability.
+    """
+    factor = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
+    return ops.cast(scores, "float32") / factor
+
+
+def _gather_beams(values, beams, batch, beam_width):
+    """Rows of `values` `(B * K, ...)` picked per batch item by `beams` `(B, K)`."""
+    offsets = ops.arange(batch, dtype="int32")[:, None] * beam_width
+    return ops.take(values, ops.reshape(beams + offsets, (-1,)), axis=0)
+
+
+def _expand_beams(log_probs, state, index, length_penalty, pad_id):
+    """Best `K` continuations of `K` beams: `(beams, tokens, raw, lengths)` each `(B, K)`.
+
+    Finished beams continue only with `pad_id` at no cost, so they compete
+    with the live ones on their (fixed) length-normalised score.
+    """
+    raw, finished, lengths = state
+    batch, beam_width, vocab = ops.shape(log_probs)
+    pad_only = ops.where(ops.equal(ops.arange(vocab), pad_id), 0.0, NEG)
+    log_probs = ops.where(finished[:, :, None], pad_only, log_probs)
+    candidate_raw = ops.reshape(raw[:, :, None] + log_probs, (batch, -1))
+    candidate_lengths = ops.where(finished, lengths, index + 1)
+    candidate_lengths = ops.reshape(ops.repeat(candidate_lengths[:, :, None], vocab, axis=2),
+                                    (batch, -1))
+    ranked = length_normalised(candidate_raw, candidate_lengths, length_penalty)
+    _, best = ops.top_k(ranked, beam_width)
+    best = ops.cast(best, "int32")
+    return (best // vocab, best % vocab, ops.take_along_axis(candidate_raw, best, axis=1),
+            ops.take_along_axis(candidate_lengths, best, axis=1))
+
+
+def _check_beam_options(beam_width, length_penalty):
+    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width <= 0:
+        raise ValueError(f"`beam_width` must be a positive integer; received {beam_width!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
+            or length_penalty < 0:
+        raise ValueError(f"`length_penalty` must be a number >= 0; received {length_penalty!r}")
+
+
+def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=None, start_id,
+                end_id, pad_id=0):
+    """Beam search ranking hypotheses by length-normalised log-probability.
+
+    Keeps `beam_width` hypotheses per input; at each step all their one-token
+    continuations are ranked by `length_normalised(score, length)` (finished
+    hypotheses stay in the running with their final score) and the best
+    `beam_width` survive. Stops when every beam of every input has finished.
+    With `beam_width=1` it is greedy decoding.
+
+    Args:
+        model: a `transformer` or `image_to_sequence` model.
+        inputs: the model's first input: source tokens `(B, S)` or images.
+        beam_width: int > 0. Hypotheses kept per input.
+        length_penalty: float >= 0. GNMT's alpha; 0: summed log-probability.
+        max_length: int. Most tokens per hypothesis (end token included);
+            defaults to the model's `max_length`.
+        start_id, end_id, pad_id: int token ids.
+
+    Returns:
+        `(tokens (B, max_length) int32, scores (B,) float32)`: the best
+        hypothesis and its length-normalised score.
+
+    Example:
+    >>> tokens, scores = beam_search(model, source, beam_width=4, start_id=1, end_id=2)
+
+    References:
+        Wu et al., "Google's Neural Machine Translation System", 2016 (length penalty).
+    """
+    _check_beam_options(beam_width, length_penalty)
+    steps = decoder_steps(model)
+    max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
+    steps, mask, cross, flat_batch = _prepare(model, inputs, beam_width)
+    batch = flat_batch // beam_width
+    penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
+
+    def cond(index, current, tokens, raw, finished, lengths, caches):
+        return ops.logical_and(ops.less(index, max_length),
+                               ops.logical_not(ops.all(finished)))
+
+    def body(index, current, tokens, raw, finished, lengths, caches):
+        logits, caches = steps.step(current, index, caches, cross, mask)
+        log_probs = ops.log_softmax(logits + penalty, axis=-1)
+        log_probs = ops.reshape(log_probs, (batch, beam_width, steps.vocab_size))
+        beams, chosen, raw, lengths = _expand_beams(log_probs, (raw, finished, lengths), index,
+                                                    length_penalty, pad_id)
+        finished = ops.logical_or(ops.take_along_axis(finished, beams, axis=1),
+                                  ops.equal(chosen, end_id))
+        tokens = ops.reshape(_gather_beams(ops.reshape(tokens, (flat_batch, max_length)), beams,
+                                           batch, beam_width), (batch, beam_width, max_length))
+        tokens = ops.slice_update(tokens, [0, 0, index], chosen[:, :, None])
+        caches = [_gather_beams(cache, beams, batch, beam_width) for cache in caches]
+        return index + 1, ops.reshape(chosen, (-1,)), tokens, raw, finished, lengths, caches
+
+    # Beam 0 starts alone: identical copies would fill the beam with duplicates.
+    first_only = ops.where(ops.equal(ops.arange(beam_width), 0), 0.0, NEG)
+    state = (ops.convert_to_tensor(0, "int32"), ops.full((flat_batch,), start_id, "int32"),
+             ops.full((batch, beam_width, max_length), pad_id, "int32"),
+             ops.repeat(ops.cast(first_only, "float32")[None], batch, axis=0),
+             ops.zeros((batch, beam_width), "bool"), ops.zeros((batch, beam_width), "int32"),
+             steps.init_cache(flat_batch, max_length))
+    _, _, tokens, raw, _, lengths, _ = ops.while_loop(cond, body, state)
+    normalised = length_normalised(raw, lengths, length_penalty)
+    best = ops.cast(ops.argmax(normalised, axis=1), "int32")[:, None]
+    best_tokens = ops.take_along_axis(tokens, best[:, :, None], axis=1)[:, 0]
+    return best_tokens, ops.take_along_axis(normalised, best, axis=1)[:, 0]
