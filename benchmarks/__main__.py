@@ -19,6 +19,7 @@ BENCHMARKS = {
     "input": "benchmarks.bench_input",
     "memory": "benchmarks.bench_memory",
     "job": "benchmarks.bench_job",
+    "decoding": "benchmarks.bench_decoding",
 }
 
 
