@@ -41,8 +41,8 @@ def job_flags(tmp_path, dataset, *extra):
 
 def test_a_corrupt_image_fails_in_one_line_and_writes_nothing(tmp_path,
                                                               folder_with_a_corrupt_file):
-    root, bad = folder_with_a_corrupt_file
-    code, out, err = run_main(job_flags(tmp_path, root))
+    root, _ = folder_with_a_corrupt_file
+    code, _, err = run_main(job_flags(tmp_path, root))
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err

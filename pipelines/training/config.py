@@ -18,7 +18,12 @@ from keras_vit.recipe import (
     TrainingRecipe,
 )
 from pipelines.cli_args import safe_name
-from pipelines.options import BAD_IMAGE_POLICIES, DEFAULT_DATASET, PRECISIONS, STRATEGIES
+from pipelines.options import (
+    BAD_IMAGE_POLICIES,
+    DEFAULT_DATASET,
+    PRECISIONS,
+    STRATEGIES,
+)
 from pipelines.training.init_checkpoint import (
     ARCHITECTURE_OPTIONS,
     check_init_options,
@@ -39,10 +44,10 @@ GENERIC_PRESET = dict(variant="Ti/4", hidden_dim=192, depth=6, num_heads=3, mlp_
 # The options that decide the model, its data and its training: a run folder
 # resumes only with the same values (`pipelines.training.run_folder`).
 RUN_DEFINING_OPTIONS = (
-    "dataset", "image_size", "init", "freeze_backbone", "variant", "patch_size", "hidden_dim", "depth", "num_heads",
-    "mlp_dim", "pooling", "position_embedding", "dropout", "attention_dropout", "drop_path",
-    "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
-    "label_smoothing", "clipnorm", "augmentation", "precision", "seed")
+    "dataset", "image_size", "init", "freeze_backbone", "variant", "patch_size", "hidden_dim",
+    "depth", "num_heads", "mlp_dim", "pooling", "position_embedding", "dropout",
+    "attention_dropout", "drop_path", "epochs", "batch_size", "learning_rate", "weight_decay",
+    "warmup_fraction", "label_smoothing", "clipnorm", "augmentation", "precision", "seed")
 
 
 @dataclasses.dataclass
@@ -223,6 +228,9 @@ def search_space_of(config):
     """
     from keras_vit.models.vit import parse_variant
 
+    if config.init:
+        raise ValueError("a --init run's architecture comes from its checkpoint: it has no "
+                         "ViTHyperModel search space")
     patch_size = config.patch_size or parse_variant(config.variant)[1]
     space = {key: getattr(config, key) for key in (
         "depth", "hidden_dim", "num_heads", "pooling", "position_embedding", "dropout",

@@ -106,9 +106,9 @@ def describe_data(info, warnings=()):
     >>> describe_data(info)[1]
     'splits: train: train/; validation: carved from train/ (0.2 of each class); test: test/'
     """
-    lines = [f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
-             f"{info.num_test} test images of shape {info.image_shape}, "
-             f"{info.num_classes} classes"]
+    lines = [(f"dataset {info.name}: {info.num_train} train / {info.num_validation} "
+              f"validation / {info.num_test} test images of shape {info.image_shape}, "
+              f"{info.num_classes} classes")]
     if info.split_origins:
         lines.append("splits: " + "; ".join(f"{role}: {origin}" for role, origin
                                             in info.split_origins.items()))

@@ -118,9 +118,9 @@ def checkpoint_kwargs(config, info):
     Example:
     >>> model = load_checkpoint(config.init, **checkpoint_kwargs(config, data.info))
     """
-    return dict(image_shape=tuple(info.image_shape), num_classes=info.num_classes,
-                num_heads=config.num_heads, dropout=config.dropout,
-                attention_dropout=config.attention_dropout, drop_path=config.drop_path)
+    return {"image_shape": tuple(info.image_shape), "num_classes": info.num_classes,
+            "num_heads": config.num_heads, "dropout": config.dropout,
+            "attention_dropout": config.attention_dropout, "drop_path": config.drop_path}
 
 
 def checkpoint_model(config, kwargs):

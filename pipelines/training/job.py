@@ -20,7 +20,10 @@ from pipelines.training import evaluation as evaluation_module
 from pipelines.training.config import check_config, model_kwargs
 from pipelines.training.data_loading import describe_data, load_run_data
 from pipelines.training.fit import fit_model, trainable_parameters
-from pipelines.training.init_checkpoint import open_init_checkpoint, with_checkpoint_image_size
+from pipelines.training.init_checkpoint import (
+    open_init_checkpoint,
+    with_checkpoint_image_size,
+)
 from pipelines.training.preflight import check_outputs
 from pipelines.training.run_folder import METRICS, plan_run_dir, prepare_run_dir
 
