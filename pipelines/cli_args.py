@@ -37,7 +37,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def add_data_arguments(parser, default_dataset):
-    """The `data` group both jobs share: source, folders, size, augmentation, order.
+    """The `data` group both jobs share: source, folders, bad files, size, augmentation, order.
 
     Args:
         parser: an `argparse.ArgumentParser`.
@@ -50,7 +50,7 @@ def add_data_arguments(parser, default_dataset):
     >>> data = add_data_arguments(parser, "digits")
     >>> data.add_argument("--train-examples", type=int)
     """
-    from pipelines.options import AUGMENTATIONS
+    from pipelines.options import AUGMENTATIONS, BAD_IMAGE_POLICIES
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=default_dataset,
@@ -58,6 +58,10 @@ def add_data_arguments(parser, default_dataset):
     data.add_argument("--data-dir", help="tensorflow-datasets data directory")
     data.add_argument("--offline", action="store_true",
                       help="never touch the network: the tfds dataset must be prepared already")
+    data.add_argument("--on-bad-image", default="error", choices=BAD_IMAGE_POLICIES,
+                      help="image folders: every file is checked before training; an "
+                           "undecodable one is an error naming it, or is left out with a "
+                           "warning (skip)")
     data.add_argument("--image-size", type=image_size, help="resize images to HEIGHT,WIDTH")
     data.add_argument("--augmentation", choices=AUGMENTATIONS,
                       help="training augmentation (default: what suits the data)")

@@ -2,7 +2,7 @@
 
 `keras-vit train` and `keras-vit tune` build their `choices=` from these
 tuples, and the jobs check API-given values against the same ones, so a new
-augmentation, pooling or precision shows up everywhere at once. Each tuple is
+augmentation, bad-image policy, pooling or precision shows up everywhere at once. Each tuple is
 imported from the module that implements the choice.
 
 Example:
@@ -13,7 +13,7 @@ True
 
 from keras_vit.layers.pooling import POOLING_MODES as POOLINGS
 from keras_vit.models.vit import POSITION_EMBEDDINGS
-from pipelines.data import AUGMENTATIONS
+from pipelines.data import AUGMENTATIONS, BAD_IMAGE_POLICIES
 from pipelines.distribute import STRATEGIES
 from pipelines.precision import PRECISIONS
 
@@ -26,5 +26,5 @@ VERBOSITY = (0, 1, 2)
 #: The data source both jobs use when `--dataset` is not given.
 DEFAULT_DATASET = "digits"
 
-__all__ = ["AUGMENTATIONS", "DEFAULT_DATASET", "POOLINGS", "POSITION_EMBEDDINGS", "PRECISIONS",
-           "STRATEGIES", "TUNERS", "VERBOSITY"]
+__all__ = ["AUGMENTATIONS", "BAD_IMAGE_POLICIES", "DEFAULT_DATASET", "POOLINGS",
+           "POSITION_EMBEDDINGS", "PRECISIONS", "STRATEGIES", "TUNERS", "VERBOSITY"]

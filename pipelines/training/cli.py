@@ -29,15 +29,27 @@ def _description():
 
 def _add_model_arguments(parser):
     model = parser.add_argument_group("model")
+    model.add_argument("--init", metavar="CHECKPOINT",
+                       help="fine-tune a published ViT checkpoint (Google .npz, Hugging Face "
+                            "or timm folder, timm .safetensors, keras-hub preset folder; local "
+                            "files only): the architecture and input normalisation come from "
+                            "it (the options below but --num-heads and the dropouts do not "
+                            "apply), a new class count gets a zero-initialised head, "
+                            "--image-size defaults to the checkpoint's (see "
+                            "docs/checkpoints.md)")
+    model.add_argument("--freeze-backbone", action="store_true",
+                       help="with --init: train only the head (linear probe)")
     model.add_argument("--variant", help="ViT size and patch, e.g. Ti/16, S/16, B/16, L/16, H/14")
     model.add_argument("--patch-size", type=int, help="override the variant's patch size")
     model.add_argument("--hidden-dim", type=int, help="override the width")
     model.add_argument("--depth", type=int, help="override the number of encoder blocks")
-    model.add_argument("--num-heads", type=int, help="override the attention heads")
+    model.add_argument("--num-heads", type=int,
+                       help="override the attention heads (with --init: checked against the "
+                            "checkpoint; needed for a timm state dict without config.json)")
     model.add_argument("--mlp-dim", type=int, help="override the MLP width")
     model.add_argument("--pooling", choices=POOLINGS, help="class token or average pooling")
-    model.add_argument("--position-embedding", choices=POSITION_EMBEDDINGS, default="learned",
-                       help="learned or fixed 2-D sin-cos position embedding")
+    model.add_argument("--position-embedding", choices=POSITION_EMBEDDINGS,
+                       help="learned (default) or fixed 2-D sin-cos position embedding")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
     model.add_argument("--attention-dropout", type=float, default=0.0,
                        help="dropout on attention weights")

@@ -18,7 +18,17 @@ from keras_vit.recipe import (
     TrainingRecipe,
 )
 from pipelines.cli_args import safe_name
-from pipelines.options import DEFAULT_DATASET, PRECISIONS, STRATEGIES
+from pipelines.options import (
+    BAD_IMAGE_POLICIES,
+    DEFAULT_DATASET,
+    PRECISIONS,
+    STRATEGIES,
+)
+from pipelines.training.init_checkpoint import (
+    ARCHITECTURE_OPTIONS,
+    check_init_options,
+    checkpoint_kwargs,
+)
 
 # Model and schedule defaults per dataset; any flag given on the command line wins.
 # The digits preset was chosen by the sweep recorded in README.md.
@@ -34,10 +44,10 @@ GENERIC_PRESET = dict(variant="Ti/4", hidden_dim=192, depth=6, num_heads=3, mlp_
 # The options that decide the model, its data and its training: a run folder
 # resumes only with the same values (`pipelines.training.run_folder`).
 RUN_DEFINING_OPTIONS = (
-    "dataset", "image_size", "variant", "patch_size", "hidden_dim", "depth", "num_heads",
-    "mlp_dim", "pooling", "position_embedding", "dropout", "attention_dropout", "drop_path",
-    "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
-    "label_smoothing", "clipnorm", "augmentation", "precision", "seed")
+    "dataset", "image_size", "init", "freeze_backbone", "variant", "patch_size", "hidden_dim",
+    "depth", "num_heads", "mlp_dim", "pooling", "position_embedding", "dropout",
+    "attention_dropout", "drop_path", "epochs", "batch_size", "learning_rate", "weight_decay",
+    "warmup_fraction", "label_smoothing", "clipnorm", "augmentation", "precision", "seed")
 
 
 @dataclasses.dataclass
@@ -55,6 +65,9 @@ class TrainConfig:
     data_dir: str = None
     offline: bool = False
     image_size: tuple = None
+    on_bad_image: str = "error"
+    init: str = None
+    freeze_backbone: bool = False
     variant: str = None
     patch_size: int = None
     hidden_dim: int = None
@@ -62,7 +75,7 @@ class TrainConfig:
     num_heads: int = None
     mlp_dim: int = None
     pooling: str = None
-    position_embedding: str = "learned"
+    position_embedding: str = None
     dropout: float = 0.0
     attention_dropout: float = 0.0
     drop_path: float = 0.0
@@ -92,8 +105,14 @@ class TrainConfig:
     debug: bool = False
 
     def resolved(self):
-        """A copy with the dataset preset filled in for every unset field."""
-        preset = PRESETS.get(self.dataset, GENERIC_PRESET)
+        """A copy with the dataset preset filled in for every unset field.
+
+        With `init`, the architecture fields stay unset: the checkpoint defines them.
+        """
+        preset = dict(PRESETS.get(self.dataset, GENERIC_PRESET), position_embedding="learned")
+        if self.init:
+            preset = {key: value for key, value in preset.items()
+                      if key not in (*ARCHITECTURE_OPTIONS, "num_heads")}
         values = dataclasses.asdict(self)
         for key, value in preset.items():
             if values.get(key) is None:
@@ -118,7 +137,12 @@ def recipe_of(config):
 
 
 def model_kwargs(config, info):
-    """`vision_transformer` arguments for a resolved config and dataset info."""
+    """`vision_transformer` arguments for a resolved config and dataset info.
+
+    With `--init`: `load_checkpoint` arguments (`checkpoint_kwargs`).
+    """
+    if config.init:
+        return checkpoint_kwargs(config, info)
     return dict(
         variant=config.variant, image_shape=info.image_shape, num_classes=info.num_classes,
         patch_size=config.patch_size, hidden_dim=config.hidden_dim, depth=config.depth,
@@ -143,8 +167,11 @@ def check_config(config):
     """
     from keras_vit.models.vit import parse_variant
 
-    parse_variant(config.variant)
-    for name, choices in (("distribute", STRATEGIES), ("precision", PRECISIONS)):
+    check_init_options(config)
+    if not config.init:
+        parse_variant(config.variant)
+    for name, choices in (("distribute", STRATEGIES), ("precision", PRECISIONS),
+                          ("on_bad_image", BAD_IMAGE_POLICIES)):
         if getattr(config, name) not in choices:
             raise ValueError(f"{_as_flag(name)} must be one of {choices}; "
                              f"received {getattr(config, name)!r}")
@@ -201,6 +228,9 @@ def search_space_of(config):
     """
     from keras_vit.models.vit import parse_variant
 
+    if config.init:
+        raise ValueError("a --init run's architecture comes from its checkpoint: it has no "
+                         "ViTHyperModel search space")
     patch_size = config.patch_size or parse_variant(config.variant)[1]
     space = {key: getattr(config, key) for key in (
         "depth", "hidden_dim", "num_heads", "pooling", "position_embedding", "dropout",

@@ -91,14 +91,11 @@ def evaluate_best(config, model, test):
 def svc_accuracy(config, info, test_arrays):
     """scikit-learn `SVC()` test accuracy on the same split, or None when skipped."""
     from pipelines.baselines import dataset_to_numpy, svc_baseline
-    from pipelines.data import load_datasets
+    from pipelines.training.data_loading import load_plain_train
 
     if not config.baseline or info.num_train > SVC_MAX_TRAIN:
         return None
-    plain = load_datasets(config.dataset, batch_size=1024, image_size=config.image_size,
-                          data_dir=config.data_dir, offline=True, augment=False,
-                          seed=config.seed)
-    return svc_baseline(dataset_to_numpy(plain.train), test_arrays)["accuracy"]
+    return svc_baseline(dataset_to_numpy(load_plain_train(config)), test_arrays)["accuracy"]
 
 
 def write_artifacts(run_dir, metrics, evaluation, info):

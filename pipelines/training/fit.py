@@ -10,6 +10,7 @@ import time
 
 from keras_vit.recipe import TrainingRecipe
 from pipelines.training.config import recipe_of
+from pipelines.training.init_checkpoint import checkpoint_model
 from pipelines.training.run_folder import best_so_far, epoch_timer, training_callbacks
 
 
@@ -46,9 +47,14 @@ def compile_for_training(model, total_steps, *, learning_rate, jit_compile=True,
 def compiled_model(config, kwargs, steps_per_epoch):
     """The run's ViT, compiled by the run's recipe for `epochs * steps_per_epoch` steps.
 
+    With `--init` the model is the checkpoint's (`load_checkpoint`), its
+    backbone frozen with `--freeze-backbone`; build it under the strategy
+    scope and after the dtype policy is set, like any model of the job.
+
     Args:
         config: a resolved `TrainConfig`.
-        kwargs: `vision_transformer` arguments (`model_kwargs(config, info)`).
+        kwargs: `vision_transformer` arguments (`model_kwargs(config, info)`), or
+            `load_checkpoint` arguments with `--init`.
         steps_per_epoch: int. Batches in one epoch of the training split.
 
     Returns:
@@ -59,9 +65,20 @@ def compiled_model(config, kwargs, steps_per_epoch):
     """
     from keras_vit.models import vision_transformer
 
-    model = vision_transformer(**kwargs)
+    if config.init:
+        model = checkpoint_model(config, kwargs)
+    else:
+        model = vision_transformer(**kwargs)
     return recipe_of(config).compile(model, config.epochs * steps_per_epoch,
                                      jit_compile=config.xla)
+
+
+def trainable_parameters(model):
+    """Number of values in `model`'s trainable weights (all but the head's are frozen
+    with `--freeze-backbone`)."""
+    import numpy as np
+
+    return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
 
 
 def fit_model(config, data, kwargs, log):
@@ -90,8 +107,11 @@ def fit_model(config, data, kwargs, log):
     steps_per_epoch = int(data.train.cardinality().numpy())
     with strategy.scope():  # variables and optimizer slots live on the strategy's devices
         model = compiled_model(config, kwargs, steps_per_epoch)
-    log(f"model {model.name}: {model.count_params():,} parameters; distribution: "
-        f"{config.distribute} ({strategy.num_replicas_in_sync} replica(s))")
+    trainable = trainable_parameters(model)
+    frozen = (f" ({trainable:,} trainable)" if trainable != model.count_params() else "")
+    source = f" from {config.init}" if config.init else ""
+    log(f"model {model.name}{source}: {model.count_params():,} parameters{frozen}; "
+        f"distribution: {config.distribute} ({strategy.num_replicas_in_sync} replica(s))")
     run_dir = config.output_dir
     timer = epoch_timer()
     start = time.perf_counter()

@@ -1,7 +1,8 @@
 """`train(config)`: the whole training job, phase by phase, timed.
 
-data (`pipelines.data`) -> precision/XLA choice -> ViT compiled by the recipe
-and fitted (`pipelines.training.fit`) -> test metrics, SVC baseline, plots,
+checks (options, `--init` checkpoint, run folder) -> data
+(`pipelines.training.data_loading`) -> precision/XLA choice -> ViT (new, or
+the `--init` checkpoint's) compiled by the recipe and fitted (`pipelines.training.fit`) -> test metrics, SVC baseline, plots,
 export (`pipelines.training.evaluation`) -> `metrics.json`.
 
 Example:
@@ -17,7 +18,12 @@ import numpy as np
 
 from pipelines.training import evaluation as evaluation_module
 from pipelines.training.config import check_config, model_kwargs
-from pipelines.training.fit import fit_model
+from pipelines.training.data_loading import describe_data, load_run_data
+from pipelines.training.fit import fit_model, trainable_parameters
+from pipelines.training.init_checkpoint import (
+    open_init_checkpoint,
+    with_checkpoint_image_size,
+)
 from pipelines.training.preflight import check_outputs
 from pipelines.training.run_folder import METRICS, plan_run_dir, prepare_run_dir
 
@@ -33,14 +39,31 @@ class _Phases(dict):
             self[name] = time.perf_counter() - start
 
 
-def _load_data(config):
-    from pipelines.data import load_datasets
+def _checked_start(config):
+    """Resolves and checks `config` and plans the run folder; nothing is read or written.
 
-    return load_datasets(config.dataset, batch_size=config.batch_size,
-                         image_size=config.image_size, data_dir=config.data_dir,
-                         offline=config.offline, augmentation=config.augmentation,
-                         seed=config.seed, deterministic=config.deterministic,
-                         drop_remainder=True)
+    With `--init`, the checkpoint is opened (headers only) and gives the image
+    size when `--image-size` is not set.
+
+    Returns:
+        `(resolved config, run folder plan)`.
+    """
+    config = config.resolved()
+    check_config(config)
+    if config.init:
+        config = with_checkpoint_image_size(config)
+    check_outputs(config)
+    return config, plan_run_dir(config)  # refuses a finished run or changed options
+
+
+def _check_model(config, info, kwargs):
+    """Fails on a bad architecture, or a checkpoint unfit for the data, before anything is written."""
+    if config.init:
+        open_init_checkpoint(config, info.image_shape)  # channels, patch grid
+    else:
+        from keras_vit.models import vision_transformer
+
+        vision_transformer(**kwargs)
 
 
 def train(config, log=print):
@@ -57,25 +80,21 @@ def train(config, log=print):
     >>> metrics = train(TrainConfig(epochs=1, export=False))
     >>> metrics["test_accuracy"]
     """
-    config = config.resolved()
-    check_config(config)
-    check_outputs(config)
-    plan = plan_run_dir(config)  # refuses a finished run or changed options, before any data
+    config, plan = _checked_start(config)
     import keras
 
-    from keras_vit.models import vision_transformer
     from pipelines.precision import choose_precision
 
     job_start = time.perf_counter()
     phases = _Phases()
     # Before any tf.data op: TensorFlow derives op seeds from the global seed.
     keras.utils.set_random_seed(config.seed)
-    data = phases.timed("data", _load_data, config)
+    data, data_warnings = phases.timed("data", load_run_data, config)
     info = data.info
     kwargs = model_kwargs(config, info)
-    vision_transformer(**kwargs)  # fail on a bad architecture before anything is written
-    log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
-        f"{info.num_test} test images of shape {info.image_shape}, {info.num_classes} classes")
+    _check_model(config, info, kwargs)
+    for line in describe_data(info, data_warnings):
+        log(line)
     resumed = prepare_run_dir(config, plan, log)
 
     policy, reason = choose_precision(config.precision)
@@ -84,7 +103,8 @@ def train(config, log=print):
     try:
         fitted = phases.timed("fit", fit_model, config, data, kwargs, log)
         metrics = {"dataset": info.name, "precision": policy, "precision_reason": reason,
-                   "xla": config.xla, "epochs": config.epochs, "resumed": resumed}
+                   "xla": config.xla, "epochs": config.epochs, "resumed": resumed,
+                   "init": config.init, **_data_metrics(info)}
         _finish(config, data, fitted, metrics, phases, log)
         metrics["wall_seconds"] = time.perf_counter() - job_start
         from pipelines.reporting import write_json
@@ -93,6 +113,12 @@ def train(config, log=print):
         return metrics
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def _data_metrics(info):
+    """What `metrics.json` records about the data: split sizes and origins, conversions, skips."""
+    return {"split_sizes": info.split_sizes, "split_origins": info.split_origins,
+            "conversions": info.conversions, "skipped_files": list(info.skipped_files)}
 
 
 def _finish(config, data, fitted, metrics, phases, log):
@@ -104,6 +130,7 @@ def _finish(config, data, fitted, metrics, phases, log):
     metrics.update(scores.metrics)
     metrics.update({
         "model": scores.best.name, "parameters": int(scores.best.count_params()),
+        "trainable_parameters": trainable_parameters(scores.best),
         "epochs_this_run": len(fitted.epoch_seconds),
         "train_images_per_second": (float(fitted.steps_per_epoch * config.batch_size
                                           / np.median(steady)) if steady else None),

@@ -29,6 +29,7 @@ class TuneConfig:
     data_dir: str = None
     offline: bool = False
     image_size: tuple = None
+    on_bad_image: str = "error"
     augmentation: str = None
     deterministic: bool = False
     train_examples: int = None

@@ -61,7 +61,7 @@ def load_tune_data(config):
     data = load_datasets(config.dataset, batch_size=READ_BATCH, image_size=config.image_size,
                          data_dir=config.data_dir, offline=config.offline,
                          augmentation=config.augmentation, seed=config.seed,
-                         deterministic=config.deterministic)
+                         deterministic=config.deterministic, on_bad_image=config.on_bad_image)
     train, validation = data.train.unbatch(), data.validation.unbatch()
     num_train = data.info.num_train
     # The training split is reshuffled every epoch, so a take() of it is a fresh

@@ -1,0 +1,118 @@
+"""The training job's data: the run's pipelines, their report, and the SVC baseline's plain copy.
+
+`pipelines.data` reports what it does to an image folder (files skipped by
+`--on-bad-image skip`) through the `pipelines.data` logger. The job reads the
+data twice (the SVC baseline needs the training split without augmentation),
+so it collects those records instead of letting each read print them: the
+first read's are shown once, in the job's log, the second's dropped.
+
+Example:
+>>> data, warnings = load_run_data(config)
+>>> for line in describe_data(data.info, warnings): print(line)
+"""
+
+import contextlib
+import logging
+
+DATA_LOGGER = "pipelines.data"
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def collected_data_warnings():
+    """Collects the `pipelines.data` logger's warnings instead of printing them.
+
+    Yields:
+        list of str, filled as warnings are logged inside the block.
+
+    Example:
+    >>> with collected_data_warnings() as warnings:
+    ...     data = load_datasets("folder:/data/pets", on_bad_image="skip")
+    """
+    logger = logging.getLogger(DATA_LOGGER)
+    handler = _Collect()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def load_run_data(config):
+    """The run's datasets (training split augmented, whole batches) and the data warnings.
+
+    Args:
+        config: a resolved `TrainConfig`.
+
+    Returns:
+        `(pipelines.data.Datasets, list of warning messages)`.
+
+    Raises:
+        ValueError: a bad source; with `--on-bad-image error`, a folder holding
+            files that cannot be decoded (named).
+    """
+    from pipelines.data import load_datasets
+
+    with collected_data_warnings() as warnings:
+        data = load_datasets(config.dataset, batch_size=config.batch_size,
+                             image_size=config.image_size, data_dir=config.data_dir,
+                             offline=config.offline, augmentation=config.augmentation,
+                             seed=config.seed, deterministic=config.deterministic,
+                             drop_remainder=True, on_bad_image=config.on_bad_image)
+    return data, list(warnings)
+
+
+def load_plain_train(config):
+    """The training split again, unaugmented and in order, for the SVC baseline.
+
+    Same source, seed and bad-image policy as `load_run_data`, hence the same
+    split; its warnings were shown by the first read and are dropped. Offline:
+    the first read prepared the data.
+
+    Returns:
+        The batched training `tf.data.Dataset`.
+    """
+    from pipelines.data import load_datasets
+
+    with collected_data_warnings():
+        plain = load_datasets(config.dataset, batch_size=1024, image_size=config.image_size,
+                              data_dir=config.data_dir, offline=True, augment=False,
+                              seed=config.seed, on_bad_image=config.on_bad_image)
+    return plain.train
+
+
+def describe_data(info, warnings=()):
+    """The job's lines about its data: sizes, where each split comes from, conversions, skips.
+
+    Args:
+        info: `pipelines.data.DatasetInfo`.
+        warnings: messages from `load_run_data`.
+
+    Returns:
+        list of str, one log line each.
+
+    Example:
+    >>> describe_data(info)[1]
+    'splits: train: train/; validation: carved from train/ (0.2 of each class); test: test/'
+    """
+    lines = [(f"dataset {info.name}: {info.num_train} train / {info.num_validation} "
+              f"validation / {info.num_test} test images of shape {info.image_shape}, "
+              f"{info.num_classes} classes")]
+    if info.split_origins:
+        lines.append("splits: " + "; ".join(f"{role}: {origin}" for role, origin
+                                            in info.split_origins.items()))
+    if info.conversions:
+        lines.append(info.conversions)
+    lines += [f"warning: {message}" for message in warnings]
+    return lines
