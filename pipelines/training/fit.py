@@ -115,7 +115,12 @@ def fit_model(config, data, kwargs, log):
     run_dir = config.output_dir
     timer = epoch_timer()
     start = time.perf_counter()
-    model.fit(data.train, validation_data=data.validation, epochs=config.epochs,
+    # One iterator for the whole run (repeat + steps_per_epoch): Keras otherwise
+    # tears the tf.data iterator down and builds a new one every epoch, and that
+    # teardown stalled the start of epoch 2 for 17-32 s on some runs
+    # (benchmarks/README.md, `job` entry).
+    model.fit(data.train.repeat(), steps_per_epoch=steps_per_epoch,
+              validation_data=data.validation, epochs=config.epochs,
               callbacks=training_callbacks(run_dir, best_so_far(run_dir), timer),
               verbose=config.verbose)
     return FitOutcome(model=model, epoch_seconds=timer.seconds,
