@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: test train bench tune clean
+# The layer and model tests run a second time on JAX: keras_vit/ is keras.ops only.
+BACKEND_TESTS := $(wildcard tests/test_layers_*.py) tests/test_models.py
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+
+.PHONY: test test-tf test-jax test-fast lint train bench tune clean
 
 $(STAMP): constraints.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,8 +18,20 @@ $(STAMP): constraints.txt setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile tests
+test: test-tf test-jax
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -m "not tensorflow_only" $(BACKEND_TESTS)
+
+# Everything but the end-to-end (training, export, subprocess) tests, TensorFlow only.
+test-fast: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 train: $(STAMP)
 	$(VENV)/bin/keras-vit train

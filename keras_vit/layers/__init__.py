@@ -27,7 +27,8 @@ from keras_vit.layers.views import ShiftedViews, ViewAverage
 __all__ = [
     "AddNorm", "AdditiveAttention", "ClassToken", "DropPath", "MultiHeadAttention",
     "NadarayaWatsonAttention", "PatchEmbedding", "PositionEmbedding", "PositionWiseFeedForward",
-    "ScaledDotProductAttention", "ShiftedViews", "SinCosPositionEncoding2D", "SinusoidalPositionEncoding",
-    "TokenPooling", "TransformerDecoderBlock", "TransformerEncoderBlock", "ViewAverage", "causal_mask", "masked_softmax",
-    "merge_masks", "sincos_2d_table", "sinusoidal_table",
+    "ScaledDotProductAttention", "ShiftedViews", "SinCosPositionEncoding2D",
+    "SinusoidalPositionEncoding", "TokenPooling", "TransformerDecoderBlock",
+    "TransformerEncoderBlock", "ViewAverage", "causal_mask", "masked_softmax", "merge_masks",
+    "sincos_2d_table", "sinusoidal_table",
 ]
