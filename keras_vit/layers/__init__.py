@@ -1,5 +1,7 @@
 """Attention and Transformer layers for Keras 3, written with `keras.ops` only.
 
+The test suite runs them on the TensorFlow and JAX backends (`make test`).
+
 Example:
 >>> from keras_vit.layers import MultiHeadAttention, TransformerEncoderBlock
 """
