@@ -12,8 +12,8 @@ cases into parametrised pytest functions that check
 * a ``.keras`` round trip of a functional model wrapping the layer, reloaded
   WITHOUT ``custom_objects``,
 * ``mixed_float16`` / ``mixed_bfloat16`` policies: finite outputs close to
-  float32 (weights copied from a float32 twin), float32 variables, outputs in
-  the compute dtype,
+  float32 (weights copied from a float32 twin), eagerly and compiled
+  (``predict_on_batch``), float32 variables, outputs in the compute dtype,
 * gradients reach every trainable weight.
 
 The module also holds the numpy reference helpers (masked softmax, layer
@@ -27,12 +27,12 @@ import dataclasses
 import inspect
 import json
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_vit.layers as vit_layers
 
@@ -220,9 +220,9 @@ class LayerCase:
     init_kwargs: dict
     make_inputs: Callable[[np.random.Generator], tuple]
     expected_output_shapes: list
-    expected_num_trainable_weights: Optional[int] = None
-    expected_num_non_trainable_weights: Optional[int] = None
-    zero_grad_ok: Optional[Callable[[Any], list]] = None
+    expected_num_trainable_weights: int | None = None
+    expected_num_non_trainable_weights: int | None = None
+    zero_grad_ok: Callable[[Any], list] | None = None
     check_compute_output_shape: bool = True
     precision_tolerance: float = 5e-2
     seed: int = 0
@@ -278,6 +278,8 @@ def run_build_and_call_test(case):
     _assert_weight_counts(layer, case)
     first = flat(out)[0]
     assert std_dtype(first.dtype) == std_dtype(layer.compute_dtype)
+    # Computed by the active backend (a tf.Tensor under JAX would fail this).
+    assert all(keras.ops.is_tensor(o) for o in flat(out)), [type(o) for o in flat(out)]
     for o in flat(out):
         if is_float(o.dtype):
             assert np.all(np.isfinite(to_numpy(o)))
@@ -413,57 +415,113 @@ def run_mixed_precision_test(case, policy_name):
             assert sub.compute_dtype == policy.compute_dtype, (sub.name, sub.dtype_policy)
             assert sub.variable_dtype == "float32", (sub.name, sub.dtype_policy)
 
+    # The compiled call (jax.jit / tf.function) as well: some kernels accept a
+    # dtype eagerly and not under XLA (float16 attention on JAX's CPU).
+    model, feed = build_functional_model(layer, args, kwargs)
+    compiled = flat(model.predict_on_batch(feed))
+
     tol = case.precision_tolerance
-    for r, o in zip(ref, out):
+    for r, o, c in zip(ref, out, compiled):
         if not is_float(o.dtype):
             continue
         o = to_numpy(keras.ops.cast(o, "float32"))
         assert np.all(np.isfinite(o)), f"non-finite output under {policy_name}"
         scale = max(float(np.max(np.abs(r))), 1e-3)
         np.testing.assert_allclose(o, r, rtol=tol, atol=tol * scale)
+        np.testing.assert_allclose(np.asarray(c, "float32"), r, rtol=tol, atol=tol * scale)
+
+
+def _is_float_tensor(x):
+    return keras.ops.is_tensor(x) and is_float(x.dtype)
+
+
+def _projected_loss(outputs, projections):
+    """Sum of every float output times its fixed random projection: a scalar
+    whose gradient is non-zero even where the outputs sum to a constant
+    (e.g. after a final LayerNorm)."""
+    loss = 0.0
+    for o, r in zip(outputs, projections):
+        if r is not None:
+            loss = loss + keras.ops.sum(keras.ops.cast(o, "float32") * r)
+    return loss
+
+
+def layer_gradients(layer, args, kwargs, projections):
+    """Gradients of :func:`_projected_loss` with respect to the layer's
+    trainable weights and to its float tensor inputs, on the active backend.
+
+    ``args``/``kwargs`` are tensors (or pass-through values); returns
+    ``(weight_grads, input_grads)`` as numpy arrays (None where no gradient
+    reaches), in the order of ``layer.trainable_weights`` and of the float
+    inputs (positional first, then keyword in insertion order).
+    """
+    slots = [("arg", i) for i, a in enumerate(args) if _is_float_tensor(a)]
+    slots += [("kw", k) for k, v in kwargs.items() if _is_float_tensor(v)]
+
+    def with_inputs(values):
+        new_args, new_kwargs = list(args), dict(kwargs)
+        for (kind, key), value in zip(slots, values):
+            (new_args if kind == "arg" else new_kwargs)[key] = value
+        return new_args, new_kwargs
+
+    inputs = [args[k] if kind == "arg" else kwargs[k] for kind, k in slots]
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(inputs)
+            loss = _projected_loss(flat(layer(*args, **kwargs)), projections)
+        weight_grads = tape.gradient(loss, layer.trainable_weights)
+        input_grads = tape.gradient(loss, inputs)
+        del tape
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        def loss_fn(trainable_values, input_values):
+            a, k = with_inputs(input_values)
+            outputs, _ = layer.stateless_call(trainable_values, frozen, *a, **k)
+            return _projected_loss(flat(outputs), projections)
+
+        # One jit-compiled module instead of hundreds of separately compiled eager ops.
+        grad_fn = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))
+        weight_grads, input_grads = grad_fn(trainable, inputs)
+    else:  # pragma: no cover - the suite runs on TensorFlow and JAX only
+        pytest.fail(f"no gradient helper for the {backend!r} backend")
+    return [to_numpy(g) for g in weight_grads], [to_numpy(g) for g in input_grads]
 
 
 def run_gradient_test(case):
     args, kwargs = case.inputs()
     layer = case.make_layer()
-    call_layer(layer, args, kwargs)  # build
-    rng = np.random.default_rng(99)
     t_args = [to_tensor(a) for a in args]
     t_kwargs = {k: to_tensor(v) for k, v in kwargs.items()}
-    float_inputs = [
-        t for t in t_args + list(t_kwargs.values())
-        if tf.is_tensor(t) and is_float(t.dtype)
+    outputs = flat(layer(*t_args, **t_kwargs))  # builds, and gives the output shapes
+    # A random projection of the outputs, so that e.g. a final LayerNorm
+    # (whose outputs sum to a constant) does not zero every gradient.
+    rng = np.random.default_rng(99)
+    projections = [
+        rng.normal(size=tuple(o.shape)).astype("float32") if is_float(o.dtype) else None
+        for o in outputs
     ]
-    with tf.GradientTape(persistent=True) as tape:
-        for t in float_inputs:
-            tape.watch(t)
-        outs = flat(layer(*t_args, **t_kwargs))
-        # A random projection of the outputs, so that e.g. a final LayerNorm
-        # (whose outputs sum to a constant) does not zero every gradient.
-        loss = 0.0
-        for o in outs:
-            if is_float(o.dtype):
-                r = rng.normal(size=tuple(o.shape)).astype("float32")
-                loss = loss + tf.reduce_sum(tf.cast(o, "float32") * r)
-
     if case.expected_num_trainable_weights == 0:
         assert not layer.trainable_weights
-    weights = layer.trainable_weights
-    grads = tape.gradient(loss, weights)
+    weight_grads, input_grads = layer_gradients(layer, t_args, t_kwargs, projections)
+
     exempt = {id(v) for v in (case.zero_grad_ok(layer) if case.zero_grad_ok else [])}
-    for w, g in zip(weights, grads):
+    for w, g in zip(layer.trainable_weights, weight_grads):
         assert g is not None, f"no gradient reaches {w.path}"
-        g = to_numpy(g)
         assert np.all(np.isfinite(g)), w.path
         if id(w) not in exempt:
             assert np.any(g != 0), f"gradient of {w.path} is all zero"
     # Gradients also flow back to the float inputs.
-    if float_inputs:
-        in_grads = tape.gradient(loss, float_inputs)
+    if input_grads:
         assert any(
-            g is not None and np.any(to_numpy(g) != 0) for g in in_grads
+            g is not None and np.any(g != 0) for g in input_grads
         ), "no gradient reaches the inputs"
-    del tape
 
 
 def harness_tests(cases):

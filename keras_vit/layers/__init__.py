@@ -1,5 +1,7 @@
 """Attention and Transformer layers for Keras 3, written with `keras.ops` only.
 
+The test suite runs them on the TensorFlow and JAX backends (`make test`).
+
 Example:
 >>> from keras_vit.layers import MultiHeadAttention, TransformerEncoderBlock
 """
@@ -27,7 +29,8 @@ from keras_vit.layers.views import ShiftedViews, ViewAverage
 __all__ = [
     "AddNorm", "AdditiveAttention", "ClassToken", "DropPath", "MultiHeadAttention",
     "NadarayaWatsonAttention", "PatchEmbedding", "PositionEmbedding", "PositionWiseFeedForward",
-    "ScaledDotProductAttention", "ShiftedViews", "SinCosPositionEncoding2D", "SinusoidalPositionEncoding",
-    "TokenPooling", "TransformerDecoderBlock", "TransformerEncoderBlock", "ViewAverage", "causal_mask", "masked_softmax",
-    "merge_masks", "sincos_2d_table", "sinusoidal_table",
+    "ScaledDotProductAttention", "ShiftedViews", "SinCosPositionEncoding2D",
+    "SinusoidalPositionEncoding", "TokenPooling", "TransformerDecoderBlock",
+    "TransformerEncoderBlock", "ViewAverage", "causal_mask", "masked_softmax", "merge_masks",
+    "sincos_2d_table", "sinusoidal_table",
 ]

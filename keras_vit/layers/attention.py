@@ -168,8 +168,10 @@ class AdditiveAttention(_AttentionPooling):
 class ScaledDotProductAttention(_AttentionPooling):
     """Scaled dot-product attention: `a(q, k) = q . k / sqrt(d)`.
 
-    Without requested scores and without dropout it takes the fused
-    `keras.ops.dot_product_attention` path; otherwise the explicit one.
+    Without requested scores, without dropout, with values as wide as the
+    keys and outside float16 it takes the fused
+    `keras.ops.dot_product_attention` path; otherwise the explicit one (same
+    result, see `fused_attention_supports`).
 
     Args:
         dropout: float in [0, 1). Dropout on the attention weights during
@@ -190,18 +192,31 @@ class ScaledDotProductAttention(_AttentionPooling):
 
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
              use_causal_mask=False, return_attention_scores=False, training=None):
-        if return_attention_scores or (self.dropout > 0 and training):
+        key = value if key is None else key
+        fused = (not return_attention_scores and not (self.dropout > 0 and training)
+                 and fused_attention_supports(key.shape[-1], value.shape[-1], self.compute_dtype))
+        if not fused:
             return super().call(query, value, key, attention_mask, valid_lens,
                                 use_causal_mask, return_attention_scores, training)
-        key = value if key is None else key
         mask = merge_masks(ops.shape(query)[1], ops.shape(key)[1], attention_mask,
                            valid_lens, use_causal_mask)
         return fused_attention(query[:, :, None, :], key[:, :, None, :], value[:, :, None, :],
                                mask, scale=1.0 / math.sqrt(query.shape[-1]))[:, :, 0, :]
 
 
+def fused_attention_supports(key_dim, value_dim, dtype):
+    """Whether :func:`fused_attention` runs on every backend for these sizes and dtype.
+
+    `jax.nn.dot_product_attention` needs `key_dim == value_dim`, and under
+    `jit` on CPU it asks XLA for a float16 dot with float32 accumulation,
+    which XLA's CPU `dot_general` rejects; the explicit path gives the same
+    result in those cases.
+    """
+    return key_dim == value_dim and keras.backend.standardize_dtype(dtype) != "float16"
+
+
 def fused_attention(query, key, value, mask, scale):
-    """`ops.dot_product_attention` on `(B, T, H, D)` tensors with zero rows for fully masked queries.
+    """`ops.dot_product_attention` on `(B, T, H, D)` tensors; fully masked queries give zero rows.
 
     Args:
         query: `(B, Tq, H, D)` tensor.

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vit.layers.attention import fused_attention
+from keras_vit.layers.attention import fused_attention, fused_attention_supports
 from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
 from keras_vit.layers.validation import check_positive_int, check_rate
 
@@ -58,7 +58,8 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError("`key_dim` is required: the size of each attention head; "
                              "received key_dim=None")
         self.key_dim = check_positive_int("key_dim", key_dim)
-        self.value_dim = key_dim if value_dim is None else check_positive_int("value_dim", value_dim)
+        self.value_dim = (key_dim if value_dim is None
+                          else check_positive_int("value_dim", value_dim))
         self.dropout = check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
         if isinstance(output_shape, (tuple, list)):
@@ -112,11 +113,12 @@ class MultiHeadAttention(keras.layers.Layer):
         """Attention on projected heads: `(B, Tq, H, dk)`, `(B, Tk, H, dk)`, `(B, Tk, H, dv)`.
 
         Returns `(B, Tq, H, dv)` and the weights `(B, H, Tq, Tk)` (or None when
-        not requested, which allows the fused kernel).
+        not requested, which allows the fused kernel where it is supported).
         """
         scale = 1.0 / math.sqrt(self.key_dim)
         use_dropout = self.dropout > 0 and bool(training)
-        if not return_attention_scores and not use_dropout:
+        if (not return_attention_scores and not use_dropout
+                and fused_attention_supports(self.key_dim, self.value_dim, self.compute_dtype)):
             return fused_attention(query, key, value, mask, scale), None
         scores = ops.einsum("bthd,bshd->bhts", query * ops.cast(scale, query.dtype), key)
         weights = ops.cast(masked_softmax(scores, mask), self.compute_dtype)

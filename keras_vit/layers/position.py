@@ -80,13 +80,18 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        length, dim = input_shape[-2], input_shape[-1]
-        if length is not None and length > self.max_length:
+        self._check_length(input_shape[-2])
+        self.table = ops.convert_to_tensor(sinusoidal_table(self.max_length, input_shape[-1]))
+
+    def _check_length(self, length):
+        # Static lengths only (every eager call, any traced call of known shape);
+        # a dynamic one in a TF graph fails in the addition instead.
+        if isinstance(length, int) and length > self.max_length:
             raise ValueError(f"sequence length {length} exceeds max_length={self.max_length}")
-        self.table = ops.convert_to_tensor(sinusoidal_table(self.max_length, dim))
 
     def call(self, inputs, training=None):
         length = ops.shape(inputs)[-2]
+        self._check_length(length)
         encoding = ops.cast(self.table[:length], inputs.dtype)
         return self.dropout_layer(inputs + encoding, training=training)
 
