@@ -59,6 +59,10 @@ def train(config, log=print):
     """
     config = config.resolved()
     check_config(config)
+    from pipelines.training import distributed_job
+
+    if distributed_job.uses_custom_loop(config):  # multi-worker, TPU, TFRecords, tf.data service
+        return distributed_job.train_distributed(config, log)
     check_outputs(config)
     plan = plan_run_dir(config)  # refuses a finished run or changed options, before any data
     import keras
