@@ -323,28 +323,36 @@ def test_killed_worker_restarts_and_the_cluster_resumes_from_records(tmp_path, d
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.slow
+def run_train(argv, capsys):
+    """`keras-vit train` in this process: (exit code, its `keras-vit train: error:` lines)."""
+    from pipelines.train import main
+
+    code = main(argv)
+    return code, [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith(PROG_ERROR)]
+
+
 @pytest.mark.parametrize("config, named", [
     ("{oops", "TF_CONFIG is not valid JSON"),
     (tf_config([1, 2], 5), "TF_CONFIG task index 5 is out of range"),
+    ("", "needs the TF_CONFIG environment variable"),
 ])
-def test_bad_tf_config_fails_before_writing(tmp_path, config, named):
-    returncode, output = finish(start(train_command(tmp_path / "run", "--distribute",
-                                                    "multi_worker"), config), timeout=120)
-    errors = error_lines(output)
-    assert returncode == 2 and len(errors) == 1 and named in errors[0], output[-2000:]
+def test_bad_tf_config_fails_before_writing(tmp_path, monkeypatch, capsys, config, named):
+    monkeypatch.setenv("TF_CONFIG", config)
+    code, errors = run_train(TINY_RUN + ["--output-dir", str(tmp_path / "run"), "--distribute",
+                                         "multi_worker"], capsys)
+    assert code == 2 and len(errors) == 1 and named in errors[0], errors
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
-def test_unreachable_peer_fails_after_the_startup_timeout(tmp_path):
+def test_unreachable_peer_fails_after_the_startup_timeout(tmp_path, monkeypatch, capsys):
+    """The workers meet in Python before TensorFlow starts, so this runs in-process."""
     ports = [free_port(), free_port()]
-    process = start(train_command(tmp_path / "run", "--distribute", "multi_worker",
-                                  "--startup-timeout", 5), tf_config(ports, 0))
-    returncode, output = finish(process, timeout=120)
-    errors = error_lines(output)
-    assert returncode == 2 and len(errors) == 1, output[-2000:]
-    assert f"127.0.0.1:{ports[1]} not reachable after 5 s" in errors[0]
+    monkeypatch.setenv("TF_CONFIG", tf_config(ports, 0))
+    code, errors = run_train(TINY_RUN + ["--output-dir", str(tmp_path / "run"), "--distribute",
+                                         "multi_worker", "--startup-timeout", "2"], capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert f"127.0.0.1:{ports[1]} not reachable after 2 s" in errors[0]
     assert not (tmp_path / "run").exists()
 
 
@@ -369,11 +377,8 @@ def test_batch_not_divisible_by_replicas(tmp_path, digits_data_dir):
      "no TPU reachable with --tpu 'grpc://127.0.0.1:{port}'"),
 ])
 def test_distributed_options_fail_with_one_line(tmp_path, capsys, flags, needle):
-    from pipelines.train import main
-
     port = str(free_port())
     flags = [flag.replace("{port}", port) for flag in flags]
-    code = main(TINY_RUN + ["--output-dir", str(tmp_path / "run")] + flags)
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(PROG_ERROR)]
+    code, errors = run_train(TINY_RUN + ["--output-dir", str(tmp_path / "run")] + flags, capsys)
     assert code == 2 and len(errors) == 1 and needle.replace("{port}", port) in errors[0], errors
     assert not (tmp_path / "run").exists()

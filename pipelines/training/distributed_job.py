@@ -332,6 +332,9 @@ def train_distributed(config, log=print):
     phases = _Phases()
     keras.utils.set_random_seed(config.seed)
     data = phases.timed("data", _load_input, config, strategy, cluster)
+    if config.data_service:
+        log(f"training input: decoded, augmented and batched by the tf.data service at "
+            f"{config.data_service}")
     info = data.datasets.info
     kwargs = model_kwargs(config, info)
     log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
