@@ -74,12 +74,12 @@ def prepare(source, out_dir, *, shards=4, image_size=None, data_dir=None, offlin
     os.makedirs(partial)
     bar = keras.utils.Progbar(sum(n for n, _ in examples.values()), unit_name="image",
                               verbose=1 if progress else 0)
-    metadata = dict(format=records.FORMAT, version=records.FORMAT_VERSION, name=info.name,
-                    source=str(source), image_shape=list(info.image_shape),
-                    class_names=list(info.class_names), seed=seed,
-                    validation_fraction=validation_fraction,
-                    split_origins=dict(info.split_origins), conversions=info.conversions,
-                    skipped_files=list(info.skipped_files), splits={})
+    metadata = {"format": records.FORMAT, "version": records.FORMAT_VERSION,
+                "name": info.name, "source": str(source),
+                "image_shape": list(info.image_shape), "class_names": list(info.class_names),
+                "seed": seed, "validation_fraction": validation_fraction,
+                "split_origins": dict(info.split_origins), "conversions": info.conversions,
+                "skipped_files": list(info.skipped_files), "splits": {}}
     rng = np.random.default_rng(seed)
     for split, (count, items) in examples.items():
         metadata["splits"][split] = _write_split(partial, split, count, items, shards, rng, bar)
@@ -170,9 +170,9 @@ def _write_split(out_dir, split, count, items, shards, rng, bar):
     finally:
         for writer in writers:
             writer.close()
-    files = [dict(name=n, records=c, bytes=os.path.getsize(os.path.join(out_dir, n)))
+    files = [{"name": n, "records": c, "bytes": os.path.getsize(os.path.join(out_dir, n))}
              for n, c in zip(names, counts)]
-    return dict(count=len(items), files=files)
+    return {"count": len(items), "files": files}
 
 
 def build_parser():

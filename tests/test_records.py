@@ -12,6 +12,7 @@ import tensorflow as tf
 from pipelines import prepare, records
 from pipelines.data import load_datasets
 
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """3 classes x 7 random 8x6 RGB PNGs (and one JPEG, another size)."""

@@ -166,8 +166,8 @@ def _records_input(config, path, strategy, workers):
     """TFRecords: training files sharded per worker (`distribute_datasets_from_function`)."""
     from pipelines import records
 
-    kwargs = dict(image_size=config.image_size, seed=config.seed,
-                  deterministic=config.deterministic)
+    kwargs = {"image_size": config.image_size, "seed": config.seed,
+              "deterministic": config.deterministic}
     datasets = records.tfrecord_datasets(path, batch_size=config.batch_size, **kwargs)
     augmentation = _default_augmentation(config, datasets.info)
     replicas = strategy.num_replicas_in_sync
@@ -230,9 +230,9 @@ def weights_checksum(model):
 
 def _fit(config, data, kwargs, strategy, cluster, log):
     """Builds the recipe-compiled ViT under the strategy and trains it with the loop."""
-    from pipelines.distributed import PeerLostError, fit_distributed, restart_process
-
     import keras
+
+    from pipelines.distributed import PeerLostError, fit_distributed, restart_process
 
     # As the single-process job (`fit_model`): the same initial weights for a seed,
     # whatever data loading drew from the random state.
@@ -274,6 +274,7 @@ def _wait_for_the_chief(cluster, log):
     if cluster is None or cluster.num_workers == 1:
         return
     import tensorflow as tf
+
     # The coordination service's barrier (no public API): no collective, no data.
     from tensorflow.python.eager import context
 
