@@ -293,7 +293,8 @@ def test_killed_worker_restarts_and_the_cluster_resumes_from_records(tmp_path, d
     workers read disjoint files of `keras-vit prepare`d records."""
     run_dir = tmp_path / "run"
     ports = [free_port(), free_port()]
-    command = train_command(run_dir, "--distribute", "multi_worker", "--epochs", 3,
+    # 5 epochs: the kill (after epoch 1) lands well before the end of training.
+    command = train_command(run_dir, "--distribute", "multi_worker", "--epochs", 5,
                             "--batch-size", 64, "--dataset", f"tfrecord:{digits_records}",
                             "--startup-timeout", 120, "--no-export")
     logs = [open(tmp_path / f"log{i}.txt", "w") for i in (0, 1)]  # noqa: SIM115 -- children write them
@@ -310,12 +311,12 @@ def test_killed_worker_restarts_and_the_cluster_resumes_from_records(tmp_path, d
     chief_log = (tmp_path / "log0.txt").read_text()
     assert "restarting this worker" in chief_log and "resuming at epoch" in chief_log
     history = json.loads((run_dir / "history.json").read_text())
-    assert history["epoch"] == [0, 1, 2] and all(np.isfinite(history["loss"]))
+    assert history["epoch"] == [0, 1, 2, 3, 4] and all(np.isfinite(history["loss"]))
     csv_epochs = [line.split(",")[0] for line in
                   (run_dir / "history.csv").read_text().splitlines()[1:]]
-    assert csv_epochs == ["0", "1", "2"]
+    assert csv_epochs == ["0", "1", "2", "3", "4"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["resumed"] is True and metrics["epochs_this_run"] < 3
+    assert metrics["resumed"] is True and metrics["epochs_this_run"] < 5
     # File-level sharding: 2 files, each worker one; steps from the smaller file.
     assert "steps per epoch of 64 images" in chief_log
     assert not (run_dir / "backup").exists()
