@@ -200,7 +200,7 @@ def _through_service(train, config):
 
 def _load_input(config, strategy, cluster):
     """The run's data: from prepared records, or `load_datasets` (global batches)."""
-    from pipelines.training.job import _load_data
+    from pipelines.data import load_datasets
 
     workers = cluster.num_workers if cluster else 1
     path = records_path(config.dataset)
@@ -210,7 +210,14 @@ def _load_input(config, strategy, cluster):
         # Every worker runs the whole pipeline and keeps its slice of each global
         # batch: the batches must come in the same order on all of them.
         config = dataclasses.replace(config, deterministic=True)
-    datasets = _load_data(config)
+    # The training job's `load_datasets` call (whole training batches).
+    datasets = load_datasets(config.dataset, batch_size=config.batch_size,
+                             image_size=config.image_size, data_dir=config.data_dir,
+                             offline=config.offline, augmentation=config.augmentation,
+                             seed=config.seed, deterministic=config.deterministic,
+                             drop_remainder=True,
+                             # --on-bad-image, where the job has it (main since trainint)
+                             on_bad_image=getattr(config, "on_bad_image", "error"))
     steps = int(datasets.train.cardinality().numpy())
     return _InputData(_through_service(datasets.train, config), steps, datasets)
 
@@ -351,7 +358,7 @@ def train_distributed(config, log=print):
             return {}
         metrics = {"dataset": info.name, "precision": policy, "precision_reason": reason,
                    "xla": False, "epochs": config.epochs, "resumed": resumed,
-                   "distribute": config.distribute,
+                   "init": getattr(config, "init", None), "distribute": config.distribute,
                    "replicas": strategy.num_replicas_in_sync,
                    "workers": cluster.num_workers if cluster else 1,
                    "weights_sha256": weights_checksum(fitted.model)}
