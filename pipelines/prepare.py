@@ -25,16 +25,18 @@ import tensorflow as tf
 
 from pipelines import records
 from pipelines.cli_args import image_size as image_size_arg
+from pipelines.data import BAD_IMAGE_POLICIES
 
 PROG = "keras-vit prepare"
 
 
 def prepare(source, out_dir, *, shards=4, image_size=None, data_dir=None, offline=False,
-            validation_fraction=0.2, seed=0, progress=True):
+            validation_fraction=0.2, seed=0, on_bad_image="error", progress=True):
     """Writes `source` as sharded TFRecords into `out_dir`.
 
     Args:
-        source: an image folder (or "folder:PATH"), a tfds name, or "digits".
+        source: an image folder (or "folder:PATH"; class folders, or train/,
+            validation/ (val/), test/ split folders), a tfds name, or "digits".
         out_dir: a folder that does not exist yet (or is empty).
         shards: files per split (>= 1; fewer for a split with fewer examples).
             Use at least as many as the workers that will read it.
@@ -42,6 +44,8 @@ def prepare(source, out_dir, *, shards=4, image_size=None, data_dir=None, offlin
             resized when decoded); None: the source's size.
         data_dir, offline, validation_fraction, seed: as for `load_datasets`;
             they decide the splits.
+        on_bad_image: image folders: "error" (a file that does not decode is
+            an error naming it) or "skip" (left out, as `load_datasets` does).
         progress: show a progress bar.
 
     Returns:
@@ -57,27 +61,25 @@ def prepare(source, out_dir, *, shards=4, image_size=None, data_dir=None, offlin
     """
     import keras
 
-    from pipelines.data import load_datasets
-
     if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
         raise ValueError(f"--shards {shards!r}: expected an integer >= 1")
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ValueError(f"output folder {out_dir!r} exists and is not empty: expected a new "
                          "folder")
-    info = load_datasets(source, batch_size=1, image_size=image_size, data_dir=data_dir,
-                         offline=offline, validation_fraction=validation_fraction, seed=seed,
-                         augment=False, cache=False).info
-    examples = _encoded_examples(source, data_dir, validation_fraction, seed)
+    info, examples = _source_examples(source, image_size, data_dir, offline,
+                                      validation_fraction, seed, on_bad_image)
     partial = out_dir.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     bar = keras.utils.Progbar(sum(n for n, _ in examples.values()), unit_name="image",
                               verbose=1 if progress else 0)
-    metadata = dict(format=records.FORMAT, version=records.FORMAT_VERSION, name=info.name,
-                    source=str(source), image_shape=list(info.image_shape),
-                    class_names=list(info.class_names), seed=seed,
-                    validation_fraction=validation_fraction, splits={})
+    metadata = {"format": records.FORMAT, "version": records.FORMAT_VERSION,
+                "name": info.name, "source": str(source),
+                "image_shape": list(info.image_shape), "class_names": list(info.class_names),
+                "seed": seed, "validation_fraction": validation_fraction,
+                "split_origins": dict(info.split_origins), "conversions": info.conversions,
+                "skipped_files": list(info.skipped_files), "splits": {}}
     rng = np.random.default_rng(seed)
     for split, (count, items) in examples.items():
         metadata["splits"][split] = _write_split(partial, split, count, items, shards, rng, bar)
@@ -89,28 +91,61 @@ def prepare(source, out_dir, *, shards=4, image_size=None, data_dir=None, offlin
     return metadata
 
 
-def _encoded_examples(source, data_dir, validation_fraction, seed):
-    """split -> (count, iterable of (encoded image bytes, label)) in the source's order."""
-    from pipelines import data
+def _source_examples(source, image_size, data_dir, offline, validation_fraction, seed,
+                     on_bad_image):
+    """(DatasetInfo, split -> (count, iterable of (encoded image bytes, label))).
 
-    kind, target = data._parse_source(source)
+    The splits are `load_datasets`' own: the data package's folder and tfds
+    readers decide them; here only the encoded bytes are read instead of the
+    decoded images.
+    """
+    from pipelines.data.arguments import check_arguments, parse_source
+
+    image_size = check_arguments(batch_size=1, image_size=image_size,
+                                 validation_fraction=validation_fraction, augmentation=None,
+                                 seed=seed, shuffle_buffer=1, cache=False,
+                                 on_bad_image=on_bad_image)
+    kind, target = parse_source(source)
     if kind == "folder":
-        _, files = data._scan_folder(target)
-        parts = data._stratified_split(files, validation_fraction, seed)
-        return {split: (len(paths), ((_read(p), label) for p, label in zip(paths, labels)))
+        return _folder_examples(target, image_size, validation_fraction, seed, on_bad_image)
+    return _tfds_examples(target, source, image_size, data_dir, offline, validation_fraction,
+                          seed)
+
+
+def _folder_examples(root, image_size, validation_fraction, seed, on_bad_image):
+    from pipelines.data import folder
+
+    # Scans every file once (bad-file policy, image shape) and carves the splits.
+    info = folder.folder_splits(root, image_size, validation_fraction, seed, on_bad_image).info
+    # The same paths, as folder_splits lists them (no second scan: its skipped files).
+    given = folder.find_split_folders(root)
+    class_names, files = folder._read_given_splits(root, given)
+    if info.skipped_files:
+        files = folder._drop_files(files, set(info.skipped_files), class_names, root)
+    parts, _ = folder._complete_splits(files, given, validation_fraction, seed)
+    examples = {split: (len(paths), ((_read(p), label) for p, label in zip(paths, labels)))
                 for split, (paths, labels) in parts.items()}
+    return info, examples
+
+
+def _tfds_examples(name, source, image_size, data_dir, offline, validation_fraction, seed):
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(target, data_dir=data_dir)  # prepared by load_datasets
-    image_key, label_key = data._supervised_keys(builder.info, source)
-    names = data._tfds_split_names(builder.info.splits, source, validation_fraction)
-    result = {}
-    for split, name in names.items():
-        ds = builder.as_dataset(split=name, shuffle_files=False,
+    from pipelines.data import tfds_source
+
+    # Prepares the dataset (or fails offline) and checks it is image classification.
+    info = tfds_source.tfds_splits(name, source, image_size, data_dir, offline,
+                                   validation_fraction, seed).info
+    builder = tfds.builder(name, data_dir=data_dir)
+    image_key, label_key = tfds_source._supervised_keys(builder.info, source)
+    names = tfds_source.tfds_split_names(builder.info.splits, source, validation_fraction)
+    examples = {}
+    for split, split_name in names.items():
+        ds = builder.as_dataset(split=split_name, shuffle_files=False,
                                 decoders={image_key: tfds.decode.SkipDecoding()})
         items = ((ex[image_key], ex[label_key]) for ex in tfds.as_numpy(ds))
-        result[split] = (builder.info.splits[name].num_examples, items)
-    return result
+        examples[split] = (getattr(info, f"num_{split}"), items)
+    return info, examples
 
 
 def _read(path):
@@ -135,9 +170,9 @@ def _write_split(out_dir, split, count, items, shards, rng, bar):
     finally:
         for writer in writers:
             writer.close()
-    files = [dict(name=n, records=c, bytes=os.path.getsize(os.path.join(out_dir, n)))
+    files = [{"name": n, "records": c, "bytes": os.path.getsize(os.path.join(out_dir, n))}
              for n, c in zip(names, counts)]
-    return dict(count=len(items), files=files)
+    return {"count": len(items), "files": files}
 
 
 def build_parser():
@@ -159,6 +194,9 @@ def build_parser():
     parser.add_argument("--validation-fraction", type=float, default=0.2,
                         help="share carved out for validation/test where the source has none")
     parser.add_argument("--seed", type=int, default=0, help="split and shard-order seed")
+    parser.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="error",
+                        help="image folders: a file that does not decode is an error, or "
+                             "is left out")
     return parser
 
 
@@ -168,7 +206,7 @@ def main(argv=None):
         metadata = prepare(args.source, args.out, shards=args.shards,
                            image_size=args.image_size, data_dir=args.data_dir,
                            offline=args.offline, validation_fraction=args.validation_fraction,
-                           seed=args.seed)
+                           seed=args.seed, on_bad_image=args.on_bad_image)
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -115,7 +115,12 @@ def dataset_info(metadata):
         name=metadata["name"], image_shape=tuple(metadata["image_shape"]),
         num_classes=len(metadata["class_names"]), class_names=list(metadata["class_names"]),
         num_train=splits["train"]["count"], num_validation=splits["validation"]["count"],
-        num_test=splits["test"]["count"])
+        num_test=splits["test"]["count"],
+        # Where the source's splits came from and what decoding converts: as
+        # `load_datasets` reported them for the source (absent in older folders).
+        split_origins=dict(metadata.get("split_origins", {})),
+        conversions=metadata.get("conversions", ""),
+        skipped_files=tuple(metadata.get("skipped_files", ())))
 
 
 def _checked_records(filename, expected):
@@ -214,13 +219,27 @@ def parse_and_decode(image_shape):
     return parse
 
 
+def _augmented(ds, augmentation, image_shape, seed, deterministic):
+    """`pipelines.data`'s augmentation, with per-example seeds from a seeded stream."""
+    if augmentation == "none":
+        return ds
+    from pipelines.data.augmentation import augmenter
+
+    augment = augmenter(augmentation, image_shape)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip((ds, seeds)).map(
+        lambda example, s: (augment(example[0], s), example[1]),
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
 def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buffer=10_000,
-                      drop_remainder=False, input_context=None, deterministic=False):
+                      drop_remainder=False, input_context=None, deterministic=False,
+                      augmentation="none"):
     """Batched train / validation / test pipelines of a prepared folder.
 
     Train: files sharded by `input_context`, shuffled (files and examples, seeded),
-    interleaved, decoded in parallel, batched, prefetched. Validation and test:
-    file order, deterministic. No augmentation (the training job adds its own).
+    interleaved, decoded in parallel, augmented, batched, prefetched. Validation
+    and test: file order, deterministic, never augmented.
 
     Args:
         path: a folder written by `keras-vit prepare`.
@@ -233,6 +252,8 @@ def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buff
         input_context: a `tf.distribute.InputContext` (from
             `distribute_datasets_from_function`) for file-level sharding.
         deterministic: fixed interleave order for training too.
+        augmentation: one of `pipelines.data.AUGMENTATIONS` for the training
+            split (stateless, seeded per example as in `load_datasets`).
 
     Returns:
         `pipelines.data.Datasets` of (float32 images in [0, 255], int32 labels).
@@ -255,8 +276,9 @@ def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buff
     train = split_records(path, "train", input_context=input_context, shuffle_files_seed=seed,
                           deterministic=deterministic, metadata=metadata)
     train = (train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-             .map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-             .batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE))
+             .map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic))
+    train = _augmented(train, augmentation, info.image_shape, seed, deterministic)
+    train = train.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
     held_out = {
         split: split_records(path, split, metadata=metadata)
         .map(decode, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)

@@ -98,14 +98,26 @@ def test_dataset_read_through_the_service_is_the_local_one(service):
 
 
 @pytest.mark.slow
-def test_training_reads_its_batches_from_the_service(service, tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.distributed.demo", "--run-dir", str(tmp_path / "run"),
-         "--data-service", service, "--epochs", "2", "--batch-size", "32",
-         "--steps-per-epoch", "6"],
-        check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    history = json.loads((tmp_path / "run" / "result.json").read_text())["history"]
+def test_keras_vit_train_reads_its_batches_from_the_service(service, tmp_path, capsys,
+                                                            digits_data_dir):
+    """`keras-vit train --data-service`: the training pipeline runs on the service."""
+    import keras
+
+    from pipelines.train import main
+
+    policy = keras.config.dtype_policy()
+    try:
+        code = main(["--data-service", service, "--epochs", "2", "--batch-size", "128",
+                     "--variant", "Ti/2", "--hidden-dim", "16", "--depth", "1", "--num-heads",
+                     "2", "--mlp-dim", "32", "--precision", "float32", "--verbose", "0",
+                     "--data-dir", digits_data_dir, "--no-export", "--no-baseline",
+                     "--tta-shift", "0", "--output-dir", str(tmp_path / "run")])
+    finally:
+        keras.config.set_dtype_policy(policy)
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-2000:]
+    assert "8 steps per epoch of 128 images" in printed  # 1149 // 128
+    assert f"batched by the tf.data service at {service}" in printed
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["epoch"] == [0, 1] and all(np.isfinite(history["loss"]))
     assert history["loss"][1] < history["loss"][0]

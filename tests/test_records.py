@@ -4,8 +4,6 @@ file-level sharding, damaged files named, nothing half-written."""
 import collections
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,8 +11,6 @@ import tensorflow as tf
 
 from pipelines import prepare, records
 from pipelines.data import load_datasets
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +78,32 @@ def test_prepare_tfds_digits_gives_the_same_examples(digits_data_dir, tmp_path):
     assert sum(examples(data.train).values()) == 1149
 
 
+def test_prepare_split_folders_with_a_bad_image(tmp_path):
+    """train/ and test/ split folders (validation carved from train), one undecodable
+    file: refused by default, left out with --on-bad-image skip, as load_datasets does."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "photos"
+    for split, count in (("train", 5), ("test", 2)):
+        for name in ("ant", "bee"):
+            os.makedirs(root / split / name)
+            for index in range(count):
+                pixels = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+                tf.io.write_file(str(root / split / name / f"{index}.png"),
+                                 tf.io.encode_png(pixels))
+    (root / "train" / "bee" / "broken.png").write_bytes(b"not a png")
+    assert prepare.main([str(root), str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
+    metadata = prepared(root, tmp_path / "out", "--on-bad-image", "skip", "--shards", 2)
+    reference = load_datasets(str(root), batch_size=4, augment=False, cache=False,
+                              on_bad_image="skip")
+    assert metadata["skipped_files"] == [str(root / "train" / "bee" / "broken.png")]
+    data = records.tfrecord_datasets(tmp_path / "out", batch_size=4)
+    assert data.info == reference.info
+    assert data.info.split_origins["test"] == "test/"
+    for split in records.SPLITS:
+        assert examples(getattr(data, split)) == examples(getattr(reference, split)), split
+
+
 def test_file_level_sharding_splits_the_files(image_folder, tmp_path):
     out = tmp_path / "records"
     metadata = prepared(image_folder, out, "--shards", 3)
@@ -131,17 +153,31 @@ def test_prepare_refuses_bad_arguments_and_writes_nothing(image_folder, tmp_path
 
 
 @pytest.mark.slow
-def test_keras_vit_prepare_then_train_from_records(digits_data_dir, tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    out = tmp_path / "records"
-    for command in (
-            ["pipelines.cli", "prepare", "digits", str(out), "--shards", "2",
-             "--data-dir", digits_data_dir, "--offline"],
-            ["pipelines.distributed.demo", "--run-dir", str(tmp_path / "run"), "--dataset",
-             f"tfrecord:{out}", "--epochs", "1", "--batch-size", "32",
-             "--steps-per-epoch", "5"]):
-        done = subprocess.run([sys.executable, "-m", *command], check=False, env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    history = json.loads((tmp_path / "run" / "result.json").read_text())["history"]
+def test_keras_vit_prepare_then_train_from_records(digits_data_dir, tmp_path, capsys):
+    """`keras-vit prepare`, then `keras-vit train --dataset OUT` (a prepared folder is
+    recognised without the tfrecord: prefix) for one epoch, evaluation and export."""
+    import keras
+
+    from pipelines.cli import main as keras_vit
+
+    out, run_dir = tmp_path / "records", tmp_path / "run"
+    assert keras_vit(["prepare", "digits", str(out), "--shards", "2", "--data-dir",
+                      digits_data_dir, "--offline"]) == 0
+    policy = keras.config.dtype_policy()
+    try:
+        code = keras_vit(["train", "--dataset", str(out), "--epochs", "1", "--batch-size", "64",
+                          "--variant", "Ti/2", "--hidden-dim", "16", "--depth", "1",
+                          "--num-heads", "2", "--mlp-dim", "32", "--precision", "float32",
+                          "--no-verify-export", "--verbose", "0", "--output-dir", str(run_dir),
+                          "--export-dir", str(tmp_path / "export")])
+    finally:
+        keras.config.set_dtype_policy(policy)
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-2000:]
+    assert "SVC baseline skipped" in printed
+    assert "17 steps per epoch of 64 images" in printed  # 1149 // 64: one input pipeline
+    history = json.loads((run_dir / "history.json").read_text())
     assert history["epoch"] == [0] and np.isfinite(history["loss"][0])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "uci_digits" and metrics["replicas"] == 1
+    assert (tmp_path / "export" / "vit_records" / "1" / "saved_model.pb").exists()

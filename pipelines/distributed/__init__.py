@@ -4,11 +4,10 @@
   worker temp folders, restart after a lost peer;
 * `loop`: `fit_distributed`, the custom training loop (Keras 3 `fit` does not
   run under `MultiWorkerMirroredStrategy`);
-* `tpu`: `TPUStrategy` with clear errors when there is no TPU;
-* `demo`: a small end-to-end job (tiny ViT on digits) used by the loopback demo
-  and the tests.
+* `tpu`: `TPUStrategy` with clear errors when there is no TPU.
 
-See docs/distributed.md.
+`keras-vit train --distribute multi_worker` wires them into the training job
+(`pipelines.training.distributed_job`). See docs/distributed.md.
 """
 
 from pipelines.distributed.cluster import (

@@ -111,6 +111,11 @@ def fit_distributed(model, optimizer, loss, train_data, validation_data=None, *,
     if resuming:
         state.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     _broadcast_from_chief(strategy, state.variables)
+    if not resuming:
+        # From the start the folder holds an interrupted run: a kill or a lost
+        # peer during the first epoch resumes (from the initial weights) instead
+        # of leaving a folder that looks like neither a new nor a resumable run.
+        manager.save(checkpoint_number=0)
     start_epoch = int(state.epoch.numpy())
     if chief and start_epoch:
         log(f"resuming at epoch {start_epoch + 1}/{epochs} from {manager.latest_checkpoint}")

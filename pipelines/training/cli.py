@@ -74,6 +74,9 @@ def _add_optimisation_arguments(parser):
     optim.add_argument("--distribute", default="none", choices=STRATEGIES,
                        help="tf.distribute strategy: one device, all local GPUs (or the CPU), "
                             "or the workers in TF_CONFIG; the batch size is the global one")
+    from pipelines.training.distributed_cli import add_distributed_arguments
+
+    add_distributed_arguments(optim)
 
 
 def build_parser():

@@ -91,6 +91,9 @@ class TrainConfig:
     precision: str = "auto"
     xla: bool = True
     distribute: str = "none"
+    tpu: str = None  # --distribute tpu: TPU name, grpc:// address or "local"
+    startup_timeout: float = None  # --distribute multi_worker: seconds to wait for peers
+    data_service: str = None  # grpc://HOST:PORT of a tf.data service dispatcher
     seed: int = 0
     deterministic: bool = False
     output_dir: str = None

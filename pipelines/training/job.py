@@ -80,6 +80,14 @@ def train(config, log=print):
     >>> metrics = train(TrainConfig(epochs=1, export=False))
     >>> metrics["test_accuracy"]
     """
+    from pipelines.training import distributed_job
+
+    resolved = config.resolved()
+    if distributed_job.uses_custom_loop(resolved):  # multi-worker, TPU, TFRecords, tf.data service
+        check_config(resolved)
+        if resolved.init:
+            resolved = with_checkpoint_image_size(resolved)
+        return distributed_job.train_distributed(resolved, log)
     config, plan = _checked_start(config)
     import keras
 
