@@ -9,8 +9,10 @@ Example:
 >>> model = keras.models.load_model("runs/digits/best.keras")
 """
 
-from keras_vit import layers  # noqa: F401  (registers the serializable layers)
-from keras_vit import models  # noqa: F401  (registers gelu_tanh, used by imported checkpoints)
-from keras_vit import recipe  # noqa: F401  (registers SmoothedCrossentropy, LabelAccuracy)
+from keras_vit import (
+    layers,  # noqa: F401  (registers the serializable layers)
+    models,  # noqa: F401  (registers gelu_tanh, used by imported checkpoints)
+    recipe,  # noqa: F401  (registers SmoothedCrossentropy, LabelAccuracy)
+)
 
 __version__ = "0.1.0"

@@ -34,7 +34,8 @@ def svc_baseline(train, test):
     """
     start = time.perf_counter()
     # Pixels scaled to [0, 1]: SVC's default gamma="scale" makes the result scale-free.
-    flat = lambda images: images.reshape(len(images), -1) / 255.0
+    def flat(images):
+        return images.reshape(len(images), -1) / 255.0
     classifier = SVC().fit(flat(train[0]), train[1])
     accuracy = float(np.mean(classifier.predict(flat(test[0])) == test[1]))
     return {"accuracy": accuracy, "seconds": time.perf_counter() - start}

@@ -17,15 +17,15 @@ JOBS = {
     "tune": ("pipelines.tune", "search hyperparameters with keras-tuner"),
     "export": ("pipelines.export", "export a trained model as a TF Serving SavedModel"),
     "predict": ("pipelines.predict", "classify image files locally or through TF Serving"),
-    "convert": ("pipelines.convert", "convert a ViT checkpoint (npz, Hugging Face, timm, keras-hub) to a .keras model"),
+    "convert": ("pipelines.convert", "convert a ViT checkpoint (npz, HF, timm, keras-hub) to .keras"),
     "prepare": ("pipelines.prepare", "write a dataset as sharded TFRecords for many workers"),
     "data-service": ("pipelines.data_service", "run a tf.data service dispatcher or worker"),
 }
 
 
 def _usage():
-    lines = ["usage: keras-vit {%s} [options]" % ",".join(JOBS), "", "jobs:"]
-    lines += ["  %-12s %s" % (name, help_) for name, (_, help_) in JOBS.items()]
+    lines = ["usage: keras-vit {{{}}} [options]".format(",".join(JOBS)), "", "jobs:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in JOBS.items()]
     lines += ["", "Run `keras-vit JOB --help` for the options of a job."]
     return "\n".join(lines)
 

@@ -47,7 +47,8 @@ def _floats(text):
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; received {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers; received {text!r}") from None
     return values[0] if len(values) == 1 else values
 
 

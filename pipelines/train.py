@@ -17,6 +17,7 @@ Example:
 import sys
 
 from keras_vit.recipe import warmup_cosine_schedule
+from pipelines.options import DEFAULT_DATASET
 from pipelines.training.cli import build_parser, main
 from pipelines.training.config import (
     GENERIC_PRESET,
@@ -32,7 +33,6 @@ from pipelines.training.evaluation import SVC_MAX_TRAIN
 from pipelines.training.fit import compile_for_training, compiled_model
 from pipelines.training.job import train
 from pipelines.training.run_folder import BEST_WEIGHTS, epoch_timer
-from pipelines.options import DEFAULT_DATASET
 
 __all__ = ["BEST_WEIGHTS", "DEFAULT_DATASET", "GENERIC_PRESET", "PRESETS", "SVC_MAX_TRAIN",
            "TrainConfig", "build_parser", "check_config", "compile_for_training", "compiled_model",

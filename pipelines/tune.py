@@ -4,7 +4,8 @@ The job: data (`pipelines.data`, the sources of `keras-vit train`) -> precision
 choice (`pipelines.precision`) -> `keras_vit.tuning.ViTHyperModel` with the
 search space narrowed or widened by `--space`/`--space-file` -> keras-tuner
 (random, hyperband, bayesian or grid) -> leaderboard (printed, CSV, JSON, PNG)
--> best model (as trained in its trial, or retrained) -> TF Serving export. The parts live in `pipelines.tuning`; this entry
+-> best model (as trained in its trial, or retrained) -> TF Serving export.
+The parts live in `pipelines.tuning`; this entry
 module keeps the public names in one place.
 
 Run folder `<output-dir>/<project-name>/` (default `runs/tune_<dataset>/search/`):

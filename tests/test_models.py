@@ -457,9 +457,9 @@ def test_gelu_tanh_model_loads_in_a_fresh_process(tmp_path):
     model = vision_transformer("Ti/2", image_shape=(8, 8, 1), num_classes=3,
                                mlp_activation="gelu_tanh", layer_norm_epsilon=1e-12, **TINY)
     model.save(tmp_path / "m.keras")
-    code = ("import keras, keras_vit; m = keras.models.load_model(%r); "
-            "b = m.get_layer('encoder_block_0'); print(b.mlp.activation.__name__, b.epsilon)"
-            % str(tmp_path / "m.keras"))
+    path = str(tmp_path / "m.keras")
+    code = (f"import keras, keras_vit; m = keras.models.load_model({path!r}); "
+            "b = m.get_layer('encoder_block_0'); print(b.mlp.activation.__name__, b.epsilon)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

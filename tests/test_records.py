@@ -18,7 +18,7 @@ def image_folder(tmp_path_factory):
     """3 classes x 7 random 8x6 RGB PNGs (and one JPEG, another size)."""
     root = tmp_path_factory.mktemp("folder")
     rng = np.random.default_rng(0)
-    for label, name in enumerate(["cat", "dog", "fox"]):
+    for _label, name in enumerate(["cat", "dog", "fox"]):
         os.makedirs(root / name)
         for index in range(7):
             pixels = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)

@@ -172,8 +172,8 @@ def test_best_keras_loads_compiled_with_only_keras_vit_imported(cli_run):
               "model = keras.models.load_model(sys.argv[1])\n"
               "print(type(model.loss).__name__, model.loss.label_smoothing)\n")
     done = subprocess.run([sys.executable, "-c", script, str(cli_run["run_dir"] / "best.keras")],
-                          cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=240)
+                          cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["SmoothedCrossentropy", "0.1"]
 

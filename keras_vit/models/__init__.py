@@ -12,22 +12,22 @@ from keras_vit.models.attention_maps import (
     block_inputs_model,
     rollout_maps,
 )
-from keras_vit.models.decoder_steps import DecoderSteps, decoder_steps
-from keras_vit.models.decoding import beam_search, greedy_decode, length_normalised
 from keras_vit.models.checkpoints import (
     CheckpointError,
     load_checkpoint,
     open_checkpoint,
     resample_position_embedding,
 )
+from keras_vit.models.decoder_steps import DecoderSteps, decoder_steps
+from keras_vit.models.decoding import beam_search, greedy_decode, length_normalised
 from keras_vit.models.finetune import freeze_backbone, replace_head
-from keras_vit.models.tta import shift_averaged
 from keras_vit.models.transformer import (
     PaddingMask,
     image_to_sequence,
     teacher_forcing_inputs,
     transformer,
 )
+from keras_vit.models.tta import shift_averaged
 from keras_vit.models.vit import VIT_VARIANTS, parse_variant, vision_transformer
 
 __all__ = ["VIT_VARIANTS", "CheckpointError", "DecoderSteps", "PaddingMask", "beam_search",

@@ -2,7 +2,8 @@
 
 checks (options, `--init` checkpoint, run folder) -> data
 (`pipelines.training.data_loading`) -> precision/XLA choice -> ViT (new, or
-the `--init` checkpoint's) compiled by the recipe and fitted (`pipelines.training.fit`) -> test metrics, SVC baseline, plots,
+the `--init` checkpoint's) compiled by the recipe and fitted
+(`pipelines.training.fit`) -> test metrics, SVC baseline, plots,
 export (`pipelines.training.evaluation`) -> `metrics.json`.
 
 Example:

@@ -11,6 +11,7 @@ import os
 
 from pipelines.tuning.tuners import trial_worker
 
+
 def leaderboard_rows(oracle, hypermodel, project_dir):
     """One dict per trial, best first: rank, trial, status, score, tuner, settings.
 

@@ -8,6 +8,7 @@ Example:
 import json
 import os
 
+
 def _scalar(text):
     """`"4"` -> 4, `"1e-3"` -> 0.001, `"gap"` -> "gap"."""
     text = text.strip()

@@ -12,6 +12,7 @@ import time
 
 from pipelines.options import TUNERS
 
+
 def distributed_role():
     """`"chief"`, `"worker"` or `"local"`, from keras-tuner's environment variables.
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,14 +30,14 @@ class Architecture:
     distillation_token: bool = False
     pooling: str = "token"
     fc_norm: bool = False
-    representation_size: Optional[int] = None
-    num_classes: Optional[int] = None
+    representation_size: int | None = None
+    num_classes: int | None = None
     layer_norm_epsilon: float = 1e-6
     mlp_activation: str = "gelu"
     qkv_bias: bool = True
-    mean: Optional[tuple] = None
-    std: Optional[tuple] = None
-    position_prefix: Optional[int] = None
+    mean: tuple | None = None
+    std: tuple | None = None
+    position_prefix: int | None = None
 
     @property
     def num_prefix_tokens(self):
