@@ -120,11 +120,15 @@ def test_parsers_take_their_choices_from_the_shared_constants():
                 if action.choices is not None}
 
     train_choices, tune_choices = choices(train.build_parser()), choices(tune.build_parser())
+    from pipelines.data import BAD_IMAGE_POLICIES
+
     assert train_choices == {"augmentation": AUGMENTATIONS, "pooling": POOLING_MODES,
+                             "on_bad_image": BAD_IMAGE_POLICIES,
                              "position_embedding": POSITION_EMBEDDINGS,
                              "precision": PRECISIONS, "distribute": STRATEGIES,
                              "verbose": options.VERBOSITY}
     assert tune_choices == {"augmentation": AUGMENTATIONS, "tuner": options.TUNERS,
+                            "on_bad_image": BAD_IMAGE_POLICIES,
                             "precision": PRECISIONS, "verbose": options.VERBOSITY}
 
 
