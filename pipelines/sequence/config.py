@@ -23,10 +23,11 @@ from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
 
 #: The sequence preset: a small ViT over 4x4 patches of the 16x64 canvas (64
 #: tokens) and a 2-block decoder; any flag given on the command line wins.
-#: Chosen by the runs recorded in README.md (digit_strings, 2-core CPU).
+#: Chosen by the runs recorded in README.md (digit_strings, 2-core CPU). float32
+#: without XLA: on this CPU bf16 and XLA made this model's train step slower.
 SEQUENCE_PRESET = dict(variant="Ti/4", hidden_dim=64, depth=4, num_heads=4, mlp_dim=128,
                        decoder_layers=2, max_length=8, epochs=12, batch_size=64,
-                       learning_rate=2e-3)
+                       learning_rate=2e-3, precision="float32", xla=False)
 
 # Options that decide the model, its data and its training: a killed run resumes
 # only with the same values.
@@ -46,7 +47,7 @@ class SequenceConfig:
 
     Example:
     >>> SequenceConfig(dataset="digit_strings/small").resolved().output_dir
-    'runs/sequence_small'
+    'runs/sequence_digit_strings_small'
     """
 
     task: str = "sequence"
@@ -72,8 +73,8 @@ class SequenceConfig:
     clipnorm: float = DEFAULT_CLIPNORM
     beam_width: int = 4
     length_penalty: float = 0.6
-    precision: str = "auto"
-    xla: bool = True
+    precision: str = None
+    xla: bool = None
     seed: int = 0
     output_dir: str = None
     overwrite: bool = False
@@ -91,12 +92,24 @@ class SequenceConfig:
         for key, value in SEQUENCE_PRESET.items():
             if values.get(key) is None:
                 values[key] = value
-        name = f"sequence_{safe_name(self.dataset)}"
+        name = f"sequence_{dataset_slug(self.dataset)}"
         values["output_dir"] = values["output_dir"] or os.path.join("runs", name)
         values["model_name"] = values["model_name"] or name
         if values["image_size"] is not None:
             values["image_size"] = tuple(values["image_size"])
         return SequenceConfig(**values)
+
+
+def dataset_slug(dataset):
+    """`--dataset` as a folder/model-name fragment: `digit_strings/small` -> `digit_strings_small`.
+
+    Folders give their last component (`folder:/data/plates` -> `plates`).
+    """
+    from pipelines.sequence.data import is_folder_source
+
+    if is_folder_source(dataset):
+        return safe_name(dataset)
+    return safe_name(dataset.replace("/", "_").replace(":", "_"))
 
 
 def recipe_of(config):
