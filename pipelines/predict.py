@@ -59,7 +59,11 @@ from pipelines.serving.rest_client import (  # noqa: F401
     parse_rest_response,
     rest_predict,
 )
-from pipelines.serving.results import format_predictions, predictions_json, top_k_predictions
+from pipelines.serving.results import (
+    format_predictions,
+    predictions_json,
+    top_k_predictions,
+)
 from pipelines.serving.sequence_results import (
     format_texts,
     is_sequence_output,

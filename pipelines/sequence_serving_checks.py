@@ -39,10 +39,10 @@ base = _load_serving_checks()
 if __name__ == "__main__":  # block before TensorFlow (or anything) gets imported
     base.install_import_blocker()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 OUTPUTS = {"tokens": "int32", "text": "string", "scores": "float32"}
 _require = base._require

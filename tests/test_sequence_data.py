@@ -13,13 +13,6 @@ from contextlib import redirect_stderr, redirect_stdout
 import numpy as np
 import pytest
 from PIL import Image
-
-from pipelines.sequence.metrics import (
-    character_error_rate,
-    edit_distance,
-    exact_match_accuracy,
-)
-from pipelines.sequence.vocab import END, PAD, START, CharVocabulary
 from sequence_fixtures import (  # noqa: F401  (digit_strings_data_dir: a fixture)
     as_letters,
     digit_strings_data_dir,
@@ -27,6 +20,13 @@ from sequence_fixtures import (  # noqa: F401  (digit_strings_data_dir: a fixtur
     write_folder_dataset,
     write_split,
 )
+
+from pipelines.sequence.metrics import (
+    character_error_rate,
+    edit_distance,
+    exact_match_accuracy,
+)
+from pipelines.sequence.vocab import END, PAD, START, CharVocabulary
 
 # ------------------------------------------------------------------- vocabulary
 
@@ -64,7 +64,7 @@ def test_vocabulary_encode_names_the_bad_text(text, max_length, needle):
 # ------------------------------------------------------------------ scores
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _recursive_distance(a, b):
     if not a or not b:
         return len(a) + len(b)
@@ -141,7 +141,7 @@ def test_single_labels_csv_carves_validation_and_test(tmp_path):
     assert raw.origins["test"].startswith("carved from labels.csv")
 
 
-def test_tfds_digit_strings_reads_every_split(digit_strings_data_dir):
+def test_tfds_digit_strings_reads_every_split(digit_strings_data_dir):  # noqa: F811
     from pipelines.data.digit_strings import generate_strings
     from pipelines.sequence.data import load_sequence_data
 
@@ -208,7 +208,7 @@ def test_bad_folder_input_exits_2_with_one_line_and_writes_nothing(tmp_path, cas
     spoil, needles = BAD_CASES[case]
     spoil(root)
     run_dir, export_dir = tmp_path / "run", tmp_path / "exports"
-    code, out, err = run_train(["--task", "sequence", "--dataset", str(root), "--epochs", "1",
+    code, _, err = run_train(["--task", "sequence", "--dataset", str(root), "--epochs", "1",
                                 "--output-dir", str(run_dir), "--export-dir", str(export_dir)])
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -231,3 +231,46 @@ def test_missing_labels_csv_and_bad_options_exit_2(tmp_path):
 
 def test_letters_fixture_maps_digits():
     assert as_letters("4071") == "eahb"
+
+
+# ----------------------------------------------------------- model and attention
+
+
+def test_default_patches_are_full_height_strips_and_attention_covers_them(tmp_path):
+    from keras_vit.models import image_to_sequence
+    from pipelines.sequence.attention import (
+        cross_attention_maps,
+        cross_attention_scores,
+        plot_cross_attention,
+    )
+    from pipelines.sequence.config import SequenceConfig, model_kwargs
+    from pipelines.sequence.data import SequenceInfo
+
+    vocab = CharVocabulary(tuple("0123456789"))
+    info = SequenceInfo("x", (16, 64, 1), vocab, 8, 1, 1, 1, {})
+    config = SequenceConfig(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32,
+                            decoder_layers=2).resolved()
+    kwargs = model_kwargs(config, info)
+    assert kwargs["patch_size"] == (16, 4)
+    model = image_to_sequence(**kwargs)
+    assert model.get_layer("encoder_outputs").output.shape[1] == 16
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 64, 1)).astype("float32")
+    tokens = np.array([[4, 5, END, 0, 0, 0, 0, 0], [6, 6, 6, END, 0, 0, 0, 0]], np.int32)
+    scores = cross_attention_scores(model, images, tokens)
+    assert len(scores) == 2 and scores[0].shape == (2, 2, 8, 16)
+    np.testing.assert_allclose(scores[-1].sum(axis=-1), 1.0, atol=1e-5)
+    maps = cross_attention_maps(model, images, tokens)
+    assert maps.shape == (2, 8, 1, 16)
+    np.testing.assert_allclose(maps, scores[-1].mean(axis=1)[:, :, None, :], atol=1e-6)
+    path = plot_cross_attention(images, tokens, maps, vocab, tmp_path / "a.png")
+    assert Image.open(path).format == "PNG"
+
+
+def test_variant_patch_or_flag_overrides_the_strip_default():
+    from pipelines.sequence.config import SequenceConfig, model_kwargs
+    from pipelines.sequence.data import SequenceInfo
+
+    info = SequenceInfo("x", (16, 64, 1), CharVocabulary(("a",)), 8, 1, 1, 1, {})
+    assert model_kwargs(SequenceConfig(variant="Ti/8").resolved(), info)["patch_size"] is None
+    assert model_kwargs(SequenceConfig(patch_size=(8, 4)).resolved(), info)["patch_size"] == (
+        8, 4)

@@ -25,7 +25,7 @@ from pipelines.sequence.vocab import END, PAD, START, CharVocabulary
 TINY = ["--hidden-dim", "32", "--depth", "1", "--num-heads", "2", "--mlp-dim", "64",
         "--decoder-layers", "1", "--batch-size", "16", "--learning-rate", "3e-3",
         "--verbose", "0"]
-IDS = dict(start_id=START, end_id=END, pad_id=PAD)
+IDS = {"start_id": START, "end_id": END, "pad_id": PAD}
 
 
 def run_cli(module, argv):
@@ -41,12 +41,12 @@ def train(argv):
     return run_cli(cli, ["--task", "sequence"] + TINY + argv)
 
 
-def decode(model, images, method, beam_width=4):
+def decode(model, images, method, beam_width=4, length_penalty=0.6):
     if method == "greedy":
         function = tf.function(lambda x: greedy_decode(model, x, **IDS))
     else:
         function = tf.function(lambda x: beam_search(model, x, beam_width=beam_width,
-                                                     length_penalty=0.6, **IDS))
+                                                     length_penalty=length_penalty, **IDS))
     tokens, scores = function(tf.constant(np.asarray(images, np.float32)))
     return tokens.numpy(), scores.numpy()
 
@@ -163,8 +163,8 @@ def test_predict_prints_the_text_of_a_png(digit_run, tmp_path):
     code, out, err = run_cli(predict, [str(path), "--saved-model", str(version)])
     assert code == 0, err
     tokens, scores = decode(model, example["image"][None], "beam")
-    assert out.splitlines() == [str(path), f"  text: {vocab.decode(tokens[0])}  "
-                                            f"(score {scores[0]:.4f})"]
+    expected = f"  text: {vocab.decode(tokens[0])}  (score {scores[0]:.4f})"
+    assert out.splitlines() == [str(path), expected]
 
 
 @pytest.mark.slow
@@ -190,10 +190,14 @@ def test_folder_with_labels_csv_end_to_end(tmp_path):
 
     root = tmp_path / "letters"
     written = write_folder_dataset(root, sizes=(96, 16, 16))
+    odd = root / "train" / written["train"][0][0]  # another size: resized by --image-size
+    Image.fromarray(np.zeros((20, 80), np.uint8), mode="L").save(odd)
     run_dir, export_dir = tmp_path / "run", tmp_path / "exports"
     code, out, err = train(["--dataset", f"folder:{root}", "--epochs", "1",
                             "--output-dir", str(run_dir), "--export-dir", str(export_dir),
-                            "--no-verify-export", "--beam-width", "2"])
+                            "--no-verify-export", "--beam-width", "2", "--image-size", "16,64",
+                            "--patch-size", "8x4", "--position-embedding", "sincos2d",
+                            "--max-length", "7", "--length-penalty", "0.3"])
     assert code == 0, err[-3000:]
     train_chars = sorted(set("".join(text for _, text in written["train"])))
     vocab = CharVocabulary.load(run_dir / "vocab.json")
@@ -202,12 +206,15 @@ def test_folder_with_labels_csv_end_to_end(tmp_path):
     assert {"test_exact_accuracy_beam", "test_cer_greedy"} <= set(metrics)
     assert (run_dir / "cross_attention.png").is_file()
     version = export_dir / "sequence_letters" / "1"
-    assert read_metadata(version)["vocabulary"]["characters"] == train_chars
+    metadata = read_metadata(version)
+    assert metadata["vocabulary"]["characters"] == train_chars
+    assert metadata["max_length"] == 7 and metadata["decoding"]["length_penalty"] == 0.3
+    model = keras.saving.load_model(run_dir / "best.keras")
+    assert model.get_layer("patch_embedding").patch_size == (8, 4)
     image_path = root / "test" / written["test"][0][0]
     code, out, err = run_cli(predict, [str(image_path), "--saved-model", str(version)])
     assert code == 0, err
-    model = keras.saving.load_model(run_dir / "best.keras")
     pixels = np.asarray(Image.open(image_path), np.float32)[None, :, :, None]
-    tokens, _ = decode(model, pixels, "beam", beam_width=2)
+    tokens, _ = decode(model, pixels, "beam", beam_width=2, length_penalty=0.3)
     assert out.splitlines()[1].startswith(f"  text: {vocab.decode(tokens[0])}  (score ")
     assert pathlib.Path(out.splitlines()[0]) == image_path

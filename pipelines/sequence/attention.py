@@ -11,25 +11,19 @@ Example:
 >>> plot_cross_attention(images, tokens, maps, vocab, "runs/x/cross_attention.png")
 """
 
-import math
-
 import numpy as np
 
 from pipelines.sequence.vocab import END, START
 
 
-def patch_grid(num_tokens, image_shape):
-    """`(rows, cols)` of a patch grid of `num_tokens` cells with the image's aspect ratio.
+def patch_grid(model, image_shape):
+    """`(rows, cols)` of the model's patch grid (its `patch_embedding` layer), any patch shape.
 
-    Raises:
-        ValueError: no such grid (the encoder output is not a patch grid).
+    Example:
+    >>> patch_grid(model, (16, 64, 1))   # 16x4 strips
+    (1, 16)
     """
-    height, width = image_shape[:2]
-    cols = int(round(math.sqrt(num_tokens * width / height)))
-    if cols < 1 or num_tokens % cols or (num_tokens // cols) * width != cols * height:
-        raise ValueError(f"{num_tokens} encoder tokens do not form a patch grid of a "
-                         f"{height}x{width} image")
-    return num_tokens // cols, cols
+    return tuple(model.get_layer("patch_embedding").grid_size(tuple(image_shape)))
 
 
 def cross_attention_scores(model, images, tokens):
@@ -60,13 +54,8 @@ def cross_attention_scores(model, images, tokens):
 def cross_attention_maps(model, images, tokens):
     """Last block's cross-attention averaged over heads: `(B, T, rows, cols)`."""
     last = cross_attention_scores(model, images, tokens)[-1].mean(axis=1)
-    num_tokens = last.shape[-1]
-    extra = 0
-    try:
-        rows, cols = patch_grid(num_tokens, images.shape[1:])
-    except ValueError:  # a class token first (an encoder built with pooling="token")
-        rows, cols = patch_grid(num_tokens - 1, images.shape[1:])
-        extra = 1
+    rows, cols = patch_grid(model, images.shape[1:])
+    extra = last.shape[-1] - rows * cols  # a class token first (pooling="token" encoders)
     return last[..., extra:].reshape(*last.shape[:2], rows, cols)
 
 

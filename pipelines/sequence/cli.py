@@ -15,8 +15,8 @@ import textwrap
 import traceback
 
 from pipelines.cli_args import HelpFormatter, add_export_arguments, image_size
-from pipelines.options import PRECISIONS
-from pipelines.sequence.config import SEQUENCE_PRESET, SequenceConfig
+from pipelines.options import POSITION_EMBEDDINGS, PRECISIONS
+from pipelines.sequence.config import SEQUENCE_PRESET, STRIP_WIDTH, SequenceConfig
 from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
 
 TASKS = ("classify", "sequence")
@@ -33,6 +33,17 @@ def requested_task(argv):
     parser.add_argument("--task", default="classify")
     known, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     return known.task
+
+
+def patch_size(text):
+    """`--patch-size` value: `SIZE` -> int, `HEIGHTxWIDTH` -> (height, width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH; received {text!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 def add_task_argument(parser):
@@ -69,11 +80,15 @@ def _add_data_and_model(parser):
                       help="longest output in tokens: the longest label plus its end token")
     model = parser.add_argument_group("model")
     model.add_argument("--variant", help="ViT encoder size and patch, e.g. Ti/4")
-    model.add_argument("--patch-size", type=int, help="override the variant's patch size")
+    model.add_argument("--patch-size", type=patch_size,
+                       help="patch SIZE or HEIGHTxWIDTH (default: full-height strips "
+                            f"{STRIP_WIDTH} pixels wide, one token per column)")
     model.add_argument("--hidden-dim", type=int, help="encoder (and decoder) width")
     model.add_argument("--depth", type=int, help="encoder blocks")
     model.add_argument("--num-heads", type=int, help="attention heads")
     model.add_argument("--mlp-dim", type=int, help="MLP width")
+    model.add_argument("--position-embedding", choices=POSITION_EMBEDDINGS,
+                       help="encoder position embedding: learned, or fixed 2-D sin-cos")
     model.add_argument("--decoder-layers", type=int, help="decoder blocks")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
     model.add_argument("--beam-width", type=int, default=4,

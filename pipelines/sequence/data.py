@@ -75,8 +75,7 @@ def is_folder_source(source):
 def read_source(source, *, image_size=None, data_dir=None, offline=False, seed=0):
     """The source's `RawSplits` (all file and image checks done)."""
     if is_folder_source(source):
-        return read_folder(source[len(FOLDER_PREFIX):] if source.startswith(FOLDER_PREFIX)
-                           else source, image_size, seed)
+        return read_folder(source.removeprefix(FOLDER_PREFIX), image_size, seed)
     if image_size is not None:
         raise ValueError(f"--image-size is for folder datasets; {source!r} is a tfds dataset "
                          "read at its own size")

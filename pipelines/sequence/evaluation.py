@@ -37,7 +37,7 @@ class Decoder:
         from keras_vit.models.decoding import beam_search, greedy_decode
 
         self.model, self.vocab = model, vocab
-        ids = dict(start_id=START, end_id=END, pad_id=PAD)
+        ids = {"start_id": START, "end_id": END, "pad_id": PAD}
         spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
         self._functions = {
             "greedy": tf.function(lambda images: greedy_decode(model, images, **ids),

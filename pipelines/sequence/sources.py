@@ -80,7 +80,7 @@ def carve(split, roles, fraction, seed):
         ValueError: too few examples to leave every split non-empty.
     """
     count = len(split)
-    held_out = int(round(count * fraction))
+    held_out = round(count * fraction)
     if roles and (held_out < 1 or count - held_out * len(roles) < 1):
         raise ValueError(f"{count} training examples are too few to carve {'/'.join(roles)} "
                          f"splits of {fraction:g} of them each; give those splits their own "

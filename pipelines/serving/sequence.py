@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from pipelines.sequence.vocab import END, PAD, START, VOCAB_FILENAME
 from pipelines.serving.contract import (
     ASSETS_EXTRA,
     BYTES_INPUT,
@@ -49,7 +50,6 @@ from pipelines.serving.repository import (
 from pipelines.serving.samples import as_pixel_images
 from pipelines.serving.transaction import MAX_WARMUP_IMAGES, _prune_after_publish, _undo
 from pipelines.serving.warmup import write_warmup_requests
-from pipelines.sequence.vocab import END, PAD, START, VOCAB_FILENAME
 
 #: Outputs of both signatures of a sequence export.
 SEQUENCE_OUTPUTS = ("tokens", "text", "scores")
