@@ -106,7 +106,6 @@ def main(argv=None):
     if requested_task(argv) == "sequence":  # its own options: pipelines.sequence.cli
         return sequence_main(argv)
     args = build_parser().parse_args(argv)
-    del args.task
     import tensorflow_datasets as tfds
 
     from pipelines.training.job import train
