@@ -9,6 +9,12 @@ the same format for all three back ends:
       1. cat           0.9312
       2. dog           0.0421
 
+An image-to-sequence export (`keras-vit train --task sequence`; its signatures
+return `text`) prints the text read from each image and its beam score:
+
+    plate.png
+      text: 4071  (score -0.0213)
+
 When some files are not at the model's size or channel count, one line on stderr
 says so (`keras-vit predict: resizing 2 of 3 images to 32x32 (from ...)`); the model
 size comes from the SavedModel or the server's model metadata.
@@ -53,7 +59,17 @@ from pipelines.serving.rest_client import (  # noqa: F401
     parse_rest_response,
     rest_predict,
 )
-from pipelines.serving.results import format_predictions, predictions_json, top_k_predictions
+from pipelines.serving.results import (
+    format_predictions,
+    predictions_json,
+    top_k_predictions,
+)
+from pipelines.serving.sequence_results import (
+    format_texts,
+    is_sequence_output,
+    read_texts,
+    texts_json,
+)
 
 
 def _parse_image_size(value):
@@ -104,7 +120,7 @@ def build_parser():
 
 
 def _classify(args):
-    """Read the files, say what gets converted, run the back end; the ranked labels."""
+    """Read the files, say what gets converted, run the back end; the signature outputs."""
     images = read_images(args.images)
     backend = open_backend(server=args.server, grpc_target=args.grpc,
                            saved_model=args.saved_model, model_name=args.model_name,
@@ -117,8 +133,7 @@ def _classify(args):
     note = image_shape and conversion_note(native_image_shapes(images), image_shape)
     if note:
         print(f"keras-vit predict: {note}", file=sys.stderr)
-    outputs = backend.predict(images, args.signature, image_shape)
-    return top_k_predictions(outputs, args.top_k)
+    return backend.predict(images, args.signature, image_shape)
 
 
 def main(argv=None):
@@ -132,10 +147,15 @@ def main(argv=None):
     if args.timeout <= 0:
         parser.error(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     try:
-        predictions = _classify(args)
+        outputs = _classify(args)
     except (PredictError, ValueError, OSError) as error:
         print(f"keras-vit predict: error: {error}", file=sys.stderr)
         return 1
+    if is_sequence_output(outputs):  # an image-to-text export: print the text read
+        texts = read_texts(outputs)
+        print(texts_json(args.images, texts) if args.json else format_texts(args.images, texts))
+        return 0
+    predictions = top_k_predictions(outputs, args.top_k)
     if args.json:
         print(predictions_json(args.images, predictions))
     else:

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_vit.layers.attention import fused_attention, fused_attention_supports
 from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
+from keras_vit.layers.updates import write_slice
 from keras_vit.layers.validation import check_positive_int, check_rate
 
 
@@ -164,9 +165,9 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         steps = ops.shape(query)[1]
         max_length = ops.shape(cache)[2]
-        start = [0, 0, cache_update_index, 0, 0]
         new_kv = ops.stack([self.key_dense(query), self.value_dense(query)], axis=1)
-        cache = ops.slice_update(cache, start, ops.cast(new_kv, cache.dtype))
+        # Not ops.slice_update: on TensorFlow it is an XLA-only op TF Serving lacks.
+        cache = write_slice(cache, cache_update_index, new_kv, axis=2)
         mask = causal_mask(steps, max_length, offset=cache_update_index)
         if attention_mask is not None:
             mask = ops.logical_and(mask, ops.cast(attention_mask, "bool"))

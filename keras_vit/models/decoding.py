@@ -15,6 +15,7 @@ max_length)` int32 exclude the start token, include the end token, and hold
 import numpy as np
 from keras import ops
 
+from keras_vit.layers.updates import write_slice
 from keras_vit.models.decoder_steps import decoder_steps
 
 #: Score given to impossible continuations: finite, so no inf - inf NaNs.
@@ -86,7 +87,7 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0)
         chosen = ops.where(finished, ops.full_like(chosen, pad_id), chosen)
         gained = ops.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
         scores = scores + ops.where(finished, ops.zeros_like(gained), gained)
-        tokens = ops.slice_update(tokens, [0, index], chosen[:, None])
+        tokens = write_slice(tokens, index, chosen[:, None], axis=1)  # servable, see updates.py
         finished = ops.logical_or(finished, ops.equal(chosen, end_id))
         return index + 1, chosen, tokens, finished, scores, caches
 
@@ -194,7 +195,7 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
                                   ops.equal(chosen, end_id))
         tokens = ops.reshape(_gather_beams(ops.reshape(tokens, (flat_batch, max_length)), beams,
                                            batch, beam_width), (batch, beam_width, max_length))
-        tokens = ops.slice_update(tokens, [0, 0, index], chosen[:, :, None])
+        tokens = write_slice(tokens, index, chosen[:, :, None], axis=2)
         caches = [_gather_beams(cache, beams, batch, beam_width) for cache in caches]
         return index + 1, ops.reshape(chosen, (-1,)), tokens, raw, finished, lengths, caches
 

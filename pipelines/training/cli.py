@@ -16,6 +16,8 @@ from pipelines.cli_args import (
     add_runtime_arguments,
 )
 from pipelines.options import DEFAULT_DATASET, POOLINGS, POSITION_EMBEDDINGS, STRATEGIES
+from pipelines.sequence.cli import add_task_argument, requested_task
+from pipelines.sequence.cli import main as sequence_main
 from pipelines.training.config import GENERIC_PRESET, PRESETS, TrainConfig
 
 
@@ -105,6 +107,7 @@ def build_parser():
                      help="measure scikit-learn's SVC on the same split")
     out.add_argument("--debug", action="store_true",
                      help="print the traceback of an error, not just its one-line message")
+    add_task_argument(parser)
     return parser
 
 
@@ -115,6 +118,8 @@ def main(argv=None):
     line `keras-vit train: error: ...` and returns 2, with its traceback only
     under `--debug`.
     """
+    if requested_task(argv) == "sequence":  # its own options: pipelines.sequence.cli
+        return sequence_main(argv)
     args = build_parser().parse_args(argv)
     import tensorflow_datasets as tfds
 

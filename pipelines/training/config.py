@@ -62,6 +62,7 @@ class TrainConfig:
     """
 
     dataset: str = DEFAULT_DATASET
+    task: str = "classify"  # `--task sequence` runs pipelines.sequence.job instead
     data_dir: str = None
     offline: bool = False
     image_size: tuple = None

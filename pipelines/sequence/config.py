@@ -1,0 +1,183 @@
+"""`SequenceConfig`: every option of an image-to-sequence run, its preset and its checks.
+
+Example:
+>>> config = SequenceConfig(epochs=1, export=False).resolved()
+>>> check_sequence_config(config)
+>>> config.max_length
+8
+"""
+
+import dataclasses
+import os
+
+from keras_vit.recipe import (
+    DEFAULT_CLIPNORM,
+    DEFAULT_LABEL_SMOOTHING,
+    DEFAULT_WARMUP_FRACTION,
+    DEFAULT_WEIGHT_DECAY,
+    TrainingRecipe,
+)
+from pipelines.cli_args import safe_name
+from pipelines.options import PRECISIONS
+from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
+
+#: The sequence preset: a small ViT and a 2-block decoder; any flag given on the
+#: command line wins. Without --patch-size the patches are full-height strips
+#: `STRIP_WIDTH` pixels wide (`strip_patch`): one token per column, read left to
+#: right. On digit_strings that is 16 tokens instead of 64 for 4x4 patches: a
+#: third of the step time, and the decoder's cross-attention only has to align
+#: in one dimension (4x4 patches had not started reading digits after 4 epochs).
+#: float32 without XLA: on this CPU bf16 and XLA made this model's step slower.
+#: Chosen by the runs recorded in README.md (digit_strings, 2-core CPU).
+SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
+                   "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
+                   "max_length": 8, "epochs": 12, "batch_size": 64, "learning_rate": 2e-3,
+                   "precision": "float32", "xla": False}
+
+# Options that decide the model, its data and its training: a killed run resumes
+# only with the same values.
+RUN_DEFINING_OPTIONS = (
+    "task", "dataset", "image_size", "max_length", "variant", "patch_size", "hidden_dim",
+    "depth", "num_heads", "mlp_dim", "position_embedding", "decoder_layers", "dropout", "epochs", "batch_size",
+    "learning_rate", "weight_decay", "warmup_fraction", "label_smoothing", "clipnorm",
+    "precision", "seed")
+
+
+@dataclasses.dataclass
+class SequenceConfig:
+    """Every option of a sequence run; `None` means "the preset's value".
+
+    Attributes mirror the flags of `keras-vit train --task sequence`
+    (`pipelines.sequence.cli.build_parser`).
+
+    Example:
+    >>> SequenceConfig(dataset="digit_strings/small").resolved().output_dir
+    'runs/sequence_digit_strings_small'
+    """
+
+    task: str = "sequence"
+    dataset: str = DEFAULT_SEQUENCE_DATASET
+    data_dir: str = None
+    offline: bool = False
+    image_size: tuple = None
+    max_length: int = None
+    variant: str = None
+    patch_size: int = None
+    hidden_dim: int = None
+    depth: int = None
+    num_heads: int = None
+    mlp_dim: int = None
+    position_embedding: str = None
+    decoder_layers: int = None
+    dropout: float = 0.0
+    epochs: int = None
+    batch_size: int = None
+    learning_rate: float = None
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    warmup_fraction: float = DEFAULT_WARMUP_FRACTION
+    label_smoothing: float = DEFAULT_LABEL_SMOOTHING
+    clipnorm: float = DEFAULT_CLIPNORM
+    beam_width: int = 4
+    length_penalty: float = 0.6
+    precision: str = None
+    xla: bool = None
+    seed: int = 0
+    output_dir: str = None
+    overwrite: bool = False
+    restart: bool = False
+    model_name: str = None
+    export_dir: str = "savedmodels"
+    export: bool = True
+    verify_export: bool = True
+    verbose: int = 1
+    debug: bool = False
+
+    def resolved(self):
+        """A copy with the preset filled in for every unset field, and default folders."""
+        values = dataclasses.asdict(self)
+        for key, value in SEQUENCE_PRESET.items():
+            if values.get(key) is None:
+                values[key] = value
+        name = f"sequence_{dataset_slug(self.dataset)}"
+        values["output_dir"] = values["output_dir"] or os.path.join("runs", name)
+        values["model_name"] = values["model_name"] or name
+        if values["image_size"] is not None:
+            values["image_size"] = tuple(values["image_size"])
+        return SequenceConfig(**values)
+
+
+def dataset_slug(dataset):
+    """`--dataset` as a folder/model-name fragment: `digit_strings/small` -> `digit_strings_small`.
+
+    Folders give their last component (`folder:/data/plates` -> `plates`).
+    """
+    from pipelines.sequence.data import is_folder_source
+
+    if is_folder_source(dataset):
+        return safe_name(dataset)
+    return safe_name(dataset.replace("/", "_").replace(":", "_"))
+
+
+def recipe_of(config):
+    """The shared `TrainingRecipe` (AdamW, warm-up + cosine, clipping, smoothing) of a run."""
+    return TrainingRecipe(learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+                          warmup_fraction=config.warmup_fraction,
+                          label_smoothing=config.label_smoothing, clipnorm=config.clipnorm)
+
+
+STRIP_WIDTH = 4
+
+
+def strip_patch(image_shape):
+    """`(height, STRIP_WIDTH)`: the default patch, a full-height strip of the image."""
+    return (int(image_shape[0]), STRIP_WIDTH)
+
+
+def model_kwargs(config, info):
+    """`keras_vit.models.image_to_sequence` arguments of a resolved config and data info."""
+    from keras_vit.models.vit import parse_variant
+
+    patch = config.patch_size
+    if patch is None and parse_variant(config.variant)[1] is None:
+        patch = strip_patch(info.image_shape)
+    return {"variant": config.variant, "image_shape": tuple(info.image_shape),
+            "vocab_size": info.vocab.size, "max_length": config.max_length,
+            "decoder_layers": config.decoder_layers, "dropout": config.dropout,
+            "patch_size": patch,
+            "hidden_dim": config.hidden_dim,
+            "depth": config.depth, "num_heads": config.num_heads, "mlp_dim": config.mlp_dim,
+            "position_embedding": config.position_embedding}
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def check_sequence_config(config):
+    """Fails before any data is read, naming the flag and the value.
+
+    Raises:
+        ValueError: one line per problem found first.
+    """
+    from keras_vit.models.vit import parse_variant
+
+    parse_variant(config.variant)
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {PRECISIONS}; received {config.precision!r}")
+    for name in ("epochs", "batch_size", "max_length", "decoder_layers", "beam_width"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{_flag(name)} must be a positive integer; received {value!r}")
+    if config.max_length < 2:
+        raise ValueError(f"--max-length must be >= 2 (one character and the end token); "
+                         f"received {config.max_length}")
+    if not isinstance(config.length_penalty, (int, float)) or config.length_penalty < 0:
+        raise ValueError(f"--length-penalty must be a number >= 0; "
+                         f"received {config.length_penalty!r}")
+    try:
+        recipe_of(config)
+    except ValueError as error:  # the recipe names its fields; the user typed flags
+        message = str(error)
+        for field in dataclasses.fields(TrainingRecipe):
+            message = message.replace(f"`{field.name}`", _flag(field.name))
+        raise ValueError(message) from None

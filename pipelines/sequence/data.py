@@ -1,0 +1,166 @@
+"""Input pipelines of the image-to-sequence task: sources, vocabulary, tokens, tf.data.
+
+`load_sequence_data(source, ...)` reads the source (`pipelines.sequence.sources`),
+builds the character vocabulary from the training texts, encodes every split's
+texts (unknown characters, empty labels and texts longer than `max_length`
+fail here, naming the file and line or the example, before anything is
+written) and returns batched `tf.data.Dataset`s for teacher forcing:
+
+    ((images float32 (B, H, W, C) in [0, 255], decoder_tokens int32 (B, T)),
+     one-hot targets float32 (B, T, V), weights float32 (B, T): 0 on padding)
+
+The one-hot targets let the recipe's label-smoothed loss
+(`keras_vit.recipe.SmoothedCrossentropy`) score every position; the weights
+keep padding out of the loss and the token accuracy.
+
+Sources: ``digit_strings`` (default config), ``digit_strings/small``, any tfds
+`(Image, Text)` dataset, or a folder (``PATH`` or ``folder:PATH``) with
+``labels.csv`` files (see `pipelines.sequence.sources`).
+
+Example:
+>>> data = load_sequence_data("digit_strings/small", batch_size=64, max_length=8)
+>>> (images, decoder_tokens), targets, weights = next(iter(data.train))
+>>> data.info.vocab.size
+13
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from pipelines.data.options import FOLDER_PREFIX
+from pipelines.sequence.sources import ROLES, read_folder, read_tfds
+from pipelines.sequence.vocab import START, CharVocabulary
+
+#: The default sequence dataset (embedded, no network).
+DEFAULT_SEQUENCE_DATASET = "digit_strings"
+
+
+@dataclasses.dataclass
+class SequenceInfo:
+    """What the model and the run need to know about the data."""
+
+    name: str
+    image_shape: tuple
+    vocab: CharVocabulary
+    max_length: int
+    num_train: int
+    num_validation: int
+    num_test: int
+    split_origins: dict
+
+
+@dataclasses.dataclass
+class SequenceData:
+    """Batched train/validation/test pipelines, the info, and the test split as arrays.
+
+    `test_images` float32 `(N, H, W, C)` and `test_texts` serve the decoding
+    metrics and the attention figure.
+    """
+
+    train: object
+    validation: object
+    test: object
+    info: SequenceInfo
+    test_images: np.ndarray
+    test_texts: list
+
+
+def is_folder_source(source):
+    """Whether `source` names a folder (``folder:PATH`` or an existing directory)."""
+    return source.startswith(FOLDER_PREFIX) or os.path.isdir(source)
+
+
+def read_source(source, *, image_size=None, data_dir=None, offline=False, seed=0):
+    """The source's `RawSplits` (all file and image checks done)."""
+    if is_folder_source(source):
+        return read_folder(source.removeprefix(FOLDER_PREFIX), image_size, seed)
+    if image_size is not None:
+        raise ValueError(f"--image-size is for folder datasets; {source!r} is a tfds dataset "
+                         "read at its own size")
+    return read_tfds(source, data_dir, offline, seed)
+
+
+def encode_splits(raw, max_length):
+    """`(vocab, {role: int32 targets (N, max_length)})`: vocabulary from train, every split checked."""
+    vocab = CharVocabulary.from_texts(raw.splits["train"].texts)
+    tokens = {role: vocab.encode_all(split.texts, max_length, split.names)
+              for role, split in raw.splits.items()}
+    return vocab, tokens
+
+
+def _images_dataset(split, image_shape):
+    import tensorflow as tf
+
+    from pipelines.data.images import decode_image
+
+    if split.images is not None:
+        return tf.data.Dataset.from_tensor_slices(split.images).map(
+            lambda image: tf.cast(image, tf.float32))
+    return tf.data.Dataset.from_tensor_slices(tf.constant(split.paths, tf.string)).map(
+        lambda path: decode_image(tf.io.read_file(path), image_shape),
+        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def teacher_forcing_example(vocab_size):
+    """Map fn: `(image, targets)` -> `((image, decoder_tokens), one_hot, weights)`."""
+    import tensorflow as tf
+
+    def to_example(image, targets):
+        decoder_tokens = tf.concat([[START], targets[:-1]], axis=0)
+        weights = tf.cast(tf.not_equal(targets, 0), tf.float32)
+        return (image, decoder_tokens), tf.one_hot(targets, vocab_size), weights
+
+    return to_example
+
+
+def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, training, seed):
+    """Batched teacher-forcing dataset of one split (training: cached, shuffled, full batches)."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.zip((_images_dataset(split, image_shape),
+                                   tf.data.Dataset.from_tensor_slices(targets)))
+    dataset = dataset.map(teacher_forcing_example(vocab_size)).cache()
+    if training:
+        dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
+    # Full training batches only: one batch shape, one (XLA) compile.
+    drop = training and len(targets) >= batch_size
+    return dataset.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
+def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_length,
+                       image_size=None, data_dir=None, offline=False, seed=0):
+    """Checked, encoded and batched splits of a sequence source (see the module docstring).
+
+    Args:
+        source: ``digit_strings``, ``digit_strings/small``, a tfds `(Image, Text)`
+            name, or a folder (``PATH`` / ``folder:PATH``) with labels.csv.
+        batch_size: int > 0.
+        max_length: int. Target length: the longest text plus its end token must fit.
+        image_size: (height, width) to resize folder images to (None: their one size).
+        data_dir, offline: tfds data directory, and no downloads.
+        seed: seeds carving and shuffling.
+
+    Returns:
+        `SequenceData`.
+
+    Raises:
+        ValueError: unusable source, bad file, unknown character, empty or too long label.
+    """
+    raw = read_source(source, image_size=image_size, data_dir=data_dir, offline=offline,
+                      seed=seed)
+    vocab, tokens = encode_splits(raw, max_length)
+    shape = raw.image_shape
+    pipelines = {role: make_pipeline(raw.splits[role], tokens[role], shape, vocab.size,
+                                     batch_size, training=role == "train", seed=seed)
+                 for role in ROLES}
+    test = raw.splits["test"]
+    test_images = np.concatenate(
+        [batch.numpy() for batch in _images_dataset(test, shape).batch(1024)]
+    ).astype(np.float32) if len(test) else np.zeros((0, *shape), np.float32)
+    info = SequenceInfo(name=raw.name, image_shape=tuple(shape), vocab=vocab,
+                        max_length=max_length, split_origins=raw.origins,
+                        **{f"num_{role}": len(raw.splits[role]) for role in ROLES})
+    return SequenceData(**pipelines, info=info, test_images=test_images,
+                        test_texts=list(test.texts))

@@ -1,0 +1,127 @@
+"""The run folder and the fit of a sequence run: plan, model, recipe, teacher-forced training.
+
+The run folder is the classifier's (`pipelines.training.run_folder`): the same
+files, callbacks (CSV history, best checkpoint on `val_accuracy`, TensorBoard,
+BackupAndRestore) and the same rules: a finished run is never silently reused
+(`--overwrite` moves it aside), a killed one resumes only with the options it
+started with (`--restart` moves it aside). `vocab.json` is written next to
+`run_config.json`.
+
+Example:
+>>> plan = plan_sequence_run(config)           # before any data is read
+>>> resumed = prepare_sequence_run(config, plan, data.info.vocab, log=print)
+>>> outcome = fit_sequence_model(config, data, log=print)
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from pipelines.sequence.config import RUN_DEFINING_OPTIONS, model_kwargs, recipe_of
+from pipelines.sequence.vocab import VOCAB_FILENAME
+from pipelines.training.fit import FitOutcome
+from pipelines.training.run_folder import (
+    RUN_CONFIG,
+    best_so_far,
+    epoch_timer,
+    move_aside,
+    run_state,
+    training_callbacks,
+)
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def changed_options(run_dir, config):
+    """`(name, saved, now)` of the run-defining options that differ from the saved run's."""
+    try:
+        with open(os.path.join(run_dir, RUN_CONFIG)) as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        return []
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    return [(name, saved.get(name), now[name]) for name in RUN_DEFINING_OPTIONS
+            if saved.get(name) != now[name]]
+
+
+def plan_sequence_run(config):
+    """`"new"`, `"resume"` or `"replace"` for the run folder; nothing is touched.
+
+    Raises:
+        ValueError: a finished run without `--overwrite`, or a killed run with
+            other run-defining options without `--restart`.
+    """
+    run_dir = config.output_dir
+    state = run_state(run_dir)
+    if state == "new":
+        return "new"
+    if config.overwrite or config.restart:
+        return "replace"
+    if state == "finished":
+        raise ValueError(f"{run_dir} holds a finished run; pass --output-dir NEW for a new "
+                         f"run, or --overwrite to move it aside to {run_dir}.old-<time>")
+    changed = changed_options(run_dir, config)
+    if changed:
+        listed = ", ".join(f"{_flag(n)} {now!r} (run: {saved!r})" for n, saved, now in changed)
+        raise ValueError(f"cannot resume the interrupted run in {run_dir} with other options: "
+                         f"{listed}; pass the run's options, or --restart to start over")
+    return "resume"
+
+
+def prepare_sequence_run(config, plan, vocab, log):
+    """Acts on the plan; a new folder gets `run_config.json` and `vocab.json`. Returns `resumed`."""
+    from pipelines.reporting import write_json
+
+    run_dir = config.output_dir
+    if plan == "resume":
+        log(f"resuming the interrupted run in {run_dir}")
+        return True
+    if plan == "replace":
+        log(f"moved the earlier run in {run_dir} aside to {move_aside(run_dir)}")
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, RUN_CONFIG), dataclasses.asdict(config))
+    vocab.save(os.path.join(run_dir, VOCAB_FILENAME))
+    return False
+
+
+def build_sequence_model(config, info):
+    """The run's `image_to_sequence` model (uncompiled)."""
+    from keras_vit.models import image_to_sequence
+
+    return image_to_sequence(**model_kwargs(config, info))
+
+
+def compile_sequence_model(model, config, vocab_size, total_steps):
+    """Compiles with the shared recipe: AdamW, warm-up + cosine, clipping, smoothed loss.
+
+    Targets are one-hot `(B, T, V)` and padding carries weight 0, so the
+    recipe's loss and its token accuracy (a weighted metric) skip padding.
+    """
+    recipe = recipe_of(config)
+    model.compile(recipe.optimizer(total_steps), recipe.loss(vocab_size),
+                  weighted_metrics=recipe.metrics(vocab_size), jit_compile=config.xla)
+    model.optimizer.build(model.trainable_variables)  # slots exist for a resumed backup
+    return model
+
+
+def fit_sequence_model(config, data, log):
+    """Builds, compiles and trains the model in `config.output_dir`; a `FitOutcome`."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    steps_per_epoch = int(data.train.cardinality().numpy())
+    model = compile_sequence_model(build_sequence_model(config, data.info), config,
+                                   data.info.vocab.size, config.epochs * steps_per_epoch)
+    log(f"model {model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
+        f"per epoch")
+    run_dir = config.output_dir
+    timer = epoch_timer()
+    start = time.perf_counter()
+    model.fit(data.train, validation_data=data.validation, epochs=config.epochs,
+              callbacks=training_callbacks(run_dir, best_so_far(run_dir), timer),
+              verbose=config.verbose)
+    return FitOutcome(model=model, epoch_seconds=timer.seconds,
+                      steps_per_epoch=steps_per_epoch, seconds=time.perf_counter() - start)

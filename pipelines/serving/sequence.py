@@ -1,0 +1,268 @@
+"""Serving an image-to-sequence model: beam search inside the graph, text out.
+
+The SavedModel has the two signatures of every keras-vit export
+(`pipelines.serving.contract`): `serving_default` (float32 `images [batch, H,
+W, C]` in [0, 255], checked in the graph) and `serving_bytes` (string
+`images_bytes [batch]`, decoded by `pipelines.data.images.decode_image_batch`).
+Both return:
+
+* `tokens` int32 `[batch, max_length]`: the best beam, end token included,
+  padded with 0;
+* `text` string `[batch]`: the tokens read through a `tf.lookup.StaticHashTable`
+  built from the vocabulary (special tokens read as ""), so no Python runs;
+* `scores` float32 `[batch]`: the beam's length-normalised log-probability.
+
+`export_sequence_model` writes, audits (no PyFunc, core ops only), verifies
+in a fresh process (`pipelines.serving.sequence_verification`) and publishes
+one version the same all-or-nothing way as the classifier's `export_model`.
+
+Example:
+>>> export_sequence_model(model, vocab, "sequence_digit_strings", beam_width=4)
+PosixPath('savedmodels/sequence_digit_strings/1')
+"""
+
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from pipelines.sequence.vocab import END, PAD, START, VOCAB_FILENAME
+from pipelines.serving.contract import (
+    ASSETS_EXTRA,
+    BYTES_INPUT,
+    DEFAULT_CONFIG_BASE_PATH,
+    IMAGES_INPUT,
+    METADATA_FILENAME,
+    PIXEL_SCALE,
+    SERVING_BYTES,
+    SERVING_DEFAULT,
+)
+from pipelines.serving.errors import DisallowedOpsError
+from pipelines.serving.model_info import compute_dtype_of, validate_model_name
+from pipelines.serving.op_audit import find_disallowed_ops
+from pipelines.serving.repository import (
+    new_temp_dir,
+    parse_version_policy,
+    publish,
+    write_models_config,
+)
+from pipelines.serving.samples import as_pixel_images
+from pipelines.serving.transaction import MAX_WARMUP_IMAGES, _prune_after_publish, _undo
+from pipelines.serving.warmup import write_warmup_requests
+
+#: Outputs of both signatures of a sequence export.
+SEQUENCE_OUTPUTS = ("tokens", "text", "scores")
+#: `task` recorded in the export metadata; `keras-vit predict` reads it.
+SEQUENCE_TASK = "sequence"
+
+
+def image_shape_of(model):
+    """`(H, W, C)` of the image input (the first of `[images, decoder_tokens]`)."""
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or None in shape:
+        raise ValueError(f"expected an image input (None, H, W, C); the model takes {shape}")
+    return tuple(int(d) for d in shape)
+
+
+def max_length_of(model):
+    """The longest sequence the model decodes (its target position table)."""
+    return int(model.get_layer("target_position").max_length)
+
+
+def check_decoding_options(beam_width, length_penalty):
+    """Raises ValueError unless `beam_width` is an int > 0 and `length_penalty` a number >= 0."""
+    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width <= 0:
+        raise ValueError(f"beam_width must be a positive integer; received {beam_width!r}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
+            or length_penalty < 0:
+        raise ValueError(f"length_penalty must be a number >= 0; received {length_penalty!r}")
+
+
+def text_lookup_table(vocab):
+    """`tf.lookup.StaticHashTable` int64 id -> string (special tokens -> "")."""
+    import tensorflow as tf
+
+    strings = vocab.id_to_string()
+    initializer = tf.lookup.KeyValueTensorInitializer(
+        tf.constant(np.arange(len(strings)), tf.int64), tf.constant(strings, tf.string))
+    return tf.lookup.StaticHashTable(initializer, default_value="")
+
+
+def _reader(model, vocab, table, beam_width, length_penalty):
+    """fn(float32 images) -> `{tokens, text, scores}`, shared by both signatures."""
+    import tensorflow as tf
+
+    from keras_vit.models.decoding import beam_search
+    from pipelines.serving.signatures import check_float_images
+
+    image_shape = image_shape_of(model)
+    max_length = max_length_of(model)
+
+    def read(images):
+        images = check_float_images(images, image_shape)
+
+        def decode():
+            tokens, scores = beam_search(model, images, beam_width=beam_width,
+                                         length_penalty=length_penalty, start_id=START,
+                                         end_id=END, pad_id=PAD)
+            return tf.cast(tokens, tf.int32), tf.cast(scores, tf.float32)
+
+        # An empty batch gives empty outputs without running the model (some CPU
+        # kernels do not take a zero batch).
+        tokens, scores = tf.cond(
+            tf.equal(tf.shape(images)[0], 0),
+            lambda: (tf.zeros([0, max_length], tf.int32), tf.zeros([0], tf.float32)),
+            decode)
+        text = tf.strings.reduce_join(table.lookup(tf.cast(tokens, tf.int64)), axis=-1)
+        return {"tokens": tokens, "text": text, "scores": scores}
+
+    return read
+
+
+def build_sequence_serving_fns(model, vocab, table, *, beam_width=4, length_penalty=0.6):
+    """`{signature_name: (fn, [tf.TensorSpec])}` for `ExportArchive.add_endpoint`.
+
+    Args:
+        model: a Keras `image_to_sequence` model (float32 pixels in [0, 255]).
+        vocab: its `CharVocabulary`.
+        table: `text_lookup_table(vocab)`, tracked by the archive.
+        beam_width, length_penalty: beam search options baked into the graph.
+    """
+    import tensorflow as tf
+
+    from pipelines.data.images import decode_image_batch
+
+    image_shape = image_shape_of(model)
+    read = _reader(model, vocab, table, beam_width, length_penalty)
+
+    def serving_default(images):
+        return read(images)
+
+    def serving_bytes(images_bytes):
+        return read(decode_image_batch(images_bytes, image_shape))
+
+    return {
+        SERVING_DEFAULT: (serving_default,
+                          [tf.TensorSpec((None, *image_shape), tf.float32, name=IMAGES_INPUT)]),
+        SERVING_BYTES: (serving_bytes, [tf.TensorSpec((None,), tf.string, name=BYTES_INPUT)]),
+    }
+
+
+def write_sequence_saved_model(model, vocab, export_dir, *, beam_width=4, length_penalty=0.6):
+    """Writes the two-signature SavedModel of a sequence model to `export_dir`."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    table = text_lookup_table(vocab)
+    archive.track(table)  # a lookup table is not a variable: track it by hand
+    for name, (fn, signature) in build_sequence_serving_fns(
+            model, vocab, table, beam_width=beam_width, length_penalty=length_penalty).items():
+        archive.add_endpoint(name=name, fn=fn, input_signature=signature)
+    archive.write_out(str(export_dir), verbose=False)
+    return pathlib.Path(export_dir)
+
+
+def write_sequence_metadata(export_dir, *, model_name, model, vocab, beam_width, length_penalty):
+    """`assets.extra/keras_vit_export.json` (task "sequence") and `assets.extra/vocab.json`."""
+    import keras
+    import tensorflow as tf
+
+    extra = pathlib.Path(export_dir) / ASSETS_EXTRA
+    extra.mkdir(parents=True, exist_ok=True)
+    vocab.save(extra / VOCAB_FILENAME)
+    metadata = {
+        "task": SEQUENCE_TASK,
+        "model_name": model_name,
+        "image_shape": list(image_shape_of(model)),
+        "max_length": max_length_of(model),
+        "vocabulary": vocab.to_json(),
+        "decoding": {"method": "beam_search", "beam_width": beam_width,
+                     "length_penalty": length_penalty},
+        "outputs": list(SEQUENCE_OUTPUTS),
+        "pixel_scale": list(PIXEL_SCALE),
+        "signatures": {SERVING_DEFAULT: IMAGES_INPUT, SERVING_BYTES: BYTES_INPUT},
+        "compute_dtype": compute_dtype_of(model),
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path = extra / METADATA_FILENAME
+    path.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def _write_and_check(model, vocab, tmp_dir, model_name, decoding, warmup_images, verify,
+                     verbose):
+    from pipelines.serving.sequence_verification import verify_sequence_export
+
+    write_sequence_saved_model(model, vocab, tmp_dir, **decoding)
+    write_sequence_metadata(tmp_dir, model_name=model_name, model=model, vocab=vocab,
+                            **decoding)
+    warmup = warmup_images if warmup_images is not None else np.zeros(
+        (2, *image_shape_of(model)), np.float32)
+    write_warmup_requests(tmp_dir, model_name, warmup)
+    disallowed = find_disallowed_ops(tmp_dir)
+    if disallowed:
+        raise DisallowedOpsError("The export uses ops a stock tensorflow_model_server lacks:\n  "
+                                 + "\n  ".join(disallowed))
+    if verify:
+        report = verify_sequence_export(tmp_dir, model, vocab, warmup_images, **decoding)
+        if verbose:
+            print(str(report).replace(str(pathlib.Path(tmp_dir).resolve()), "the export"))
+
+
+def export_sequence_model(model, vocab, model_name, base_dir="savedmodels", *, beam_width=4,
+                          length_penalty=0.6, warmup_images=None, verify=True,
+                          keep_versions=None, config_base_path=DEFAULT_CONFIG_BASE_PATH,
+                          version_policy=None, verbose=True):
+    """Exports a sequence model as the next version of `base_dir/model_name`, all or nothing.
+
+    Written into a hidden temp folder, audited, verified in a fresh process,
+    then renamed to version `max(existing) + 1`; `base_dir/models.config` is
+    updated. Any failure leaves `base_dir` as it was (existing versions are
+    never overwritten).
+
+    Args:
+        model: Keras `image_to_sequence` model.
+        vocab: its `CharVocabulary`.
+        model_name: served model name; letters, digits, `_`, `-`.
+        base_dir: the savedmodels folder.
+        beam_width, length_penalty: beam search in the graph.
+        warmup_images: `[N, H, W, C]` pixel images for warm-up and verification.
+        verify: run the fresh-process verification before publishing.
+        keep_versions: keep only the newest N versions.
+        config_base_path, version_policy: as for `export_model`.
+        verbose: print the verification report and where the version went.
+
+    Returns:
+        `pathlib.Path` of the new version folder.
+    """
+    model_name = validate_model_name(model_name)
+    check_decoding_options(beam_width, length_penalty)
+    decoding = {"beam_width": beam_width, "length_penalty": float(length_penalty)}
+    policy = parse_version_policy(version_policy) if version_policy is not None else None
+    if keep_versions is not None and int(keep_versions) < 1:
+        raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+    if warmup_images is not None:
+        warmup_images = as_pixel_images(warmup_images, image_shape_of(model))[:MAX_WARMUP_IMAGES]
+    base_dir = pathlib.Path(base_dir)
+    model_dir = base_dir / model_name
+    created_dirs = [path for path in (model_dir, *model_dir.parents) if not path.exists()]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir, version_dir = new_temp_dir(model_dir), None
+    try:
+        _write_and_check(model, vocab, tmp_dir, model_name, decoding, warmup_images, verify,
+                         verbose)
+        version_dir = publish(tmp_dir, model_dir)
+        write_models_config(base_dir, config_base_path=config_base_path,
+                            policies={model_name: policy} if policy is not None else None)
+    except BaseException:
+        _undo(tmp_dir, version_dir, created_dirs)
+        raise
+    if keep_versions is not None:
+        _prune_after_publish(model_dir, model_name, keep_versions, verbose)
+    if verbose:
+        print(f"Exported {model_name} version {version_dir.name} to {version_dir}")
+    return version_dir
