@@ -39,10 +39,10 @@ base = _load_serving_checks()
 if __name__ == "__main__":  # block before TensorFlow (or anything) gets imported
     base.install_import_blocker()
 
-import argparse
-import json
+import argparse  # noqa: E402  (after the import blocker, on purpose)
+import json  # noqa: E402
 
-import numpy as np
+import numpy as np  # noqa: E402
 
 OUTPUTS = {"tokens": "int32", "text": "string", "scores": "float32"}
 _require = base._require

@@ -38,7 +38,8 @@ SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4
 # only with the same values.
 RUN_DEFINING_OPTIONS = (
     "task", "dataset", "image_size", "max_length", "variant", "patch_size", "hidden_dim",
-    "depth", "num_heads", "mlp_dim", "position_embedding", "decoder_layers", "dropout", "epochs", "batch_size",
+    "depth", "num_heads", "mlp_dim", "position_embedding", "decoder_layers", "dropout", "epochs",
+    "batch_size",
     "learning_rate", "weight_decay", "warmup_fraction", "label_smoothing", "clipnorm",
     "precision", "seed")
 
