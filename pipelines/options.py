@@ -18,6 +18,9 @@ from pipelines.distribute import STRATEGIES
 from pipelines.precision import PRECISIONS
 
 #: keras-tuner search algorithms of `keras-vit tune` (`pipelines.tuning.tuners`).
+#: `keras-vit train --task`: image classification or image-to-sequence (pipelines/sequence).
+TASKS = ("classify", "sequence")
+
 TUNERS = ("random", "hyperband", "bayesian", "grid")
 
 #: Keras `fit` verbosity levels.

@@ -123,7 +123,7 @@ def test_parsers_take_their_choices_from_the_shared_constants():
     from pipelines.data import BAD_IMAGE_POLICIES
 
     assert train_choices == {"augmentation": AUGMENTATIONS, "pooling": POOLING_MODES,
-                             "on_bad_image": BAD_IMAGE_POLICIES,
+                             "on_bad_image": BAD_IMAGE_POLICIES, "task": options.TASKS,
                              "position_embedding": POSITION_EMBEDDINGS,
                              "precision": PRECISIONS, "distribute": STRATEGIES,
                              "verbose": options.VERBOSITY}

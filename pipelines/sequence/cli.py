@@ -15,11 +15,13 @@ import textwrap
 import traceback
 
 from pipelines.cli_args import HelpFormatter, add_export_arguments, image_size
-from pipelines.options import POSITION_EMBEDDINGS, PRECISIONS
+from pipelines.options import (
+    POSITION_EMBEDDINGS,
+    PRECISIONS,
+    TASKS,  # noqa: E402  (defined once, for every CLI)
+)
 from pipelines.sequence.config import SEQUENCE_PRESET, STRIP_WIDTH, SequenceConfig
 from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
-
-TASKS = ("classify", "sequence")
 
 
 def requested_task(argv):
