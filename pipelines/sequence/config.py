@@ -31,7 +31,7 @@ from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
 #: Chosen by the runs recorded in README.md (digit_strings, 2-core CPU).
 SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
-                   "max_length": 8, "epochs": 12, "batch_size": 64, "learning_rate": 2e-3,
+                   "max_length": 8, "epochs": 30, "batch_size": 64, "learning_rate": 2e-3,
                    "precision": "float32", "xla": False}
 
 # Options that decide the model, its data and its training: a killed run resumes
