@@ -14,7 +14,6 @@ Example:
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -26,49 +25,22 @@ from pipelines.training.run_folder import (
     best_so_far,
     epoch_timer,
     move_aside,
-    run_state,
+    plan_run_dir,
     training_callbacks,
 )
-
-
-def _flag(name):
-    return "--" + name.replace("_", "-")
-
-
-def changed_options(run_dir, config):
-    """`(name, saved, now)` of the run-defining options that differ from the saved run's."""
-    try:
-        with open(os.path.join(run_dir, RUN_CONFIG)) as handle:
-            saved = json.load(handle)
-    except (OSError, ValueError):
-        return []
-    now = json.loads(json.dumps(dataclasses.asdict(config)))
-    return [(name, saved.get(name), now[name]) for name in RUN_DEFINING_OPTIONS
-            if saved.get(name) != now[name]]
 
 
 def plan_sequence_run(config):
     """`"new"`, `"resume"` or `"replace"` for the run folder; nothing is touched.
 
+    The training job's planner (`plan_run_dir`) with the sequence task's
+    run-defining options.
+
     Raises:
         ValueError: a finished run without `--overwrite`, or a killed run with
             other run-defining options without `--restart`.
     """
-    run_dir = config.output_dir
-    state = run_state(run_dir)
-    if state == "new":
-        return "new"
-    if config.overwrite or config.restart:
-        return "replace"
-    if state == "finished":
-        raise ValueError(f"{run_dir} holds a finished run; pass --output-dir NEW for a new "
-                         f"run, or --overwrite to move it aside to {run_dir}.old-<time>")
-    changed = changed_options(run_dir, config)
-    if changed:
-        listed = ", ".join(f"{_flag(n)} {now!r} (run: {saved!r})" for n, saved, now in changed)
-        raise ValueError(f"cannot resume the interrupted run in {run_dir} with other options: "
-                         f"{listed}; pass the run's options, or --restart to start over")
-    return "resume"
+    return plan_run_dir(config, RUN_DEFINING_OPTIONS)
 
 
 def prepare_sequence_run(config, plan, vocab, log):

@@ -24,22 +24,12 @@ from pipelines.sequence.fit import (
     plan_sequence_run,
     prepare_sequence_run,
 )
+from pipelines.training.job import Phases
 from pipelines.training.run_folder import BEST_WEIGHTS, HISTORY_CSV, METRICS
 
 #: Test images shown in the cross-attention figure.
 ATTENTION_EXAMPLES = 4
 ATTENTION_PNG = "cross_attention.png"
-
-
-class Phases(dict):
-    """Wall seconds per phase (`metrics.json`'s `phase_seconds`)."""
-
-    def timed(self, name, function, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            self[name] = time.perf_counter() - start
 
 
 def check_sequence_outputs(config):

@@ -335,9 +335,9 @@ def train_distributed(config, log=print):
     import keras
 
     from pipelines.precision import choose_precision
-    from pipelines.training.job import _Phases
+    from pipelines.training.job import Phases
 
-    phases = _Phases()
+    phases = Phases()
     keras.utils.set_random_seed(config.seed)
     data = phases.timed("data", _load_input, config, strategy, cluster)
     if config.data_service:

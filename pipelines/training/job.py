@@ -29,7 +29,7 @@ from pipelines.training.preflight import check_outputs
 from pipelines.training.run_folder import METRICS, plan_run_dir, prepare_run_dir
 
 
-class _Phases(dict):
+class Phases(dict):
     """Wall seconds per phase (`metrics.json`'s `phase_seconds`)."""
 
     def timed(self, name, function, *args, **kwargs):
@@ -95,7 +95,7 @@ def train(config, log=print):
     from pipelines.precision import choose_precision
 
     job_start = time.perf_counter()
-    phases = _Phases()
+    phases = Phases()
     # Before any tf.data op: TensorFlow derives op seeds from the global seed.
     keras.utils.set_random_seed(config.seed)
     data, data_warnings = phases.timed("data", load_run_data, config)

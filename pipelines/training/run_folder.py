@@ -97,17 +97,19 @@ def run_state(run_dir):
     return "new"
 
 
-def changed_options(run_dir, config):
+def changed_options(run_dir, config, options=None):
     """Options that decide the model or data and differ from the run's saved ones.
 
     Args:
         run_dir: a run folder (with `run_config.json`, else nothing to compare).
         config: the resolved `TrainConfig` of this start.
+        options: names of the run-defining options; default: the training job's.
 
     Returns:
         list of `(name, saved value, value now)`.
     """
-    from pipelines.training.config import RUN_DEFINING_OPTIONS
+    if options is None:
+        from pipelines.training.config import RUN_DEFINING_OPTIONS as options
 
     try:
         with open(os.path.join(run_dir, RUN_CONFIG)) as handle:
@@ -116,7 +118,7 @@ def changed_options(run_dir, config):
         return []  # a run from before run_config.json: nothing to compare
     # Through JSON, so tuples compare equal to the saved lists.
     now = json.loads(json.dumps(dataclasses.asdict(config)))
-    return [(name, saved.get(name), now[name]) for name in RUN_DEFINING_OPTIONS
+    return [(name, saved.get(name), now[name]) for name in options
             if saved.get(name) != now[name]]
 
 
@@ -124,7 +126,7 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def plan_run_dir(config):
+def plan_run_dir(config, options=None):
     """What to do with the run folder: `"new"`, `"resume"` or `"replace"`; nothing is touched.
 
     Runs before any data is read or weight loaded.
@@ -143,7 +145,7 @@ def plan_run_dir(config):
     if state == "finished":
         raise ValueError(f"{run_dir} holds a finished run; pass --output-dir NEW for a new "
                          f"run, or --overwrite to move it aside to {run_dir}.old-<time>")
-    changed = changed_options(run_dir, config)
+    changed = changed_options(run_dir, config, options)
     if changed:
         listed = ", ".join(f"{_flag(name)} {now!r} (run: {saved!r})"
                            for name, saved, now in changed)
