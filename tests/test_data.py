@@ -21,6 +21,7 @@ from pipelines.data import (
     describe_sources,
     load_datasets,
 )
+from pipelines.data.stages import even_batch_size
 
 SPLITS = ("train", "validation", "test")
 EXPECTED_DIGITS_SIZES = {"train": 1149, "validation": 288, "test": 360}
@@ -391,3 +392,24 @@ def test_old_digits_module_reexports_the_one_registered_builder(digits_dir):
     assert old_path.UciDigits is digits.UciDigits
     builder = tfds.builder(old_path.BUILDER_NAME, data_dir=digits_dir)
     assert type(builder) is digits.UciDigits and builder.is_prepared()
+
+
+@pytest.mark.parametrize("num_examples, batch_size", [
+    (288, 128), (360, 128), (256, 128), (290, 128), (5, 128), (1, 1), (97, 8), (0, 16)])
+def test_even_batch_size_keeps_the_batch_count_and_evens_the_sizes(num_examples, batch_size):
+    size = even_batch_size(num_examples, batch_size)
+    assert 1 <= size <= batch_size
+    batches = [min(size, num_examples - start) for start in range(0, num_examples, size)]
+    assert len(batches) == -(-num_examples // batch_size)  # as many batches as before
+    assert sum(batches) == num_examples
+    if size > 1 and num_examples:  # the smallest such size: one less needs another batch
+        assert -(-num_examples // (size - 1)) > len(batches)
+
+
+def test_digits_evaluation_splits_come_in_one_batch_shape(digits):
+    data, _ = digits
+    sizes = {split: [int(x.shape[0]) for x, _ in getattr(data, split)]
+             for split in ("validation", "test")}
+    batch = next(iter(data.train))[0].shape[0]
+    assert sizes["validation"] == [even_batch_size(288, batch)] * (288 // even_batch_size(288, batch))
+    assert len(set(sizes["test"])) == 1 and sum(sizes["test"]) == 360

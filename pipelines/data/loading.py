@@ -11,7 +11,7 @@ from pipelines.data.arguments import check_arguments, parse_source
 from pipelines.data.folder import folder_splits
 from pipelines.data.info import Datasets
 from pipelines.data.options import DIGITS_SOURCE
-from pipelines.data.stages import finish
+from pipelines.data.stages import even_batch_size, finish
 from pipelines.data.tfds_source import tfds_splits
 
 
@@ -40,7 +40,9 @@ def load_datasets(
             or "folder:PATH"): one sub-folder of JPEG/PNG images per class, or
             train/, validation/ (or val/) and test/ sub-folders each holding one
             sub-folder per class (missing validation/test are carved from train).
-        batch_size: examples per batch (> 0). The last batch may be smaller.
+        batch_size: examples per batch (> 0). The last batch may be smaller;
+            validation and test come in even batches of at most this size
+            (`stages.even_batch_size`: 288 images at 128 give three of 96).
         image_size: (height, width) to resize to, or an int for square images;
             None keeps the native size (for folders: the most common image size).
         data_dir: tfds data directory; None lets tfds use its default
@@ -104,13 +106,16 @@ def load_datasets(
         augmentation = "crop_flip" if splits.flip_invariant else "crop"
 
     info = splits.info
-    common = {"batch_size": batch_size, "cache": cache}
     train = finish(splits.train, "train", info.num_train, training=True,
                    augmentation=augmentation, seed=seed, deterministic=deterministic,
-                   shuffle_buffer=shuffle_buffer, drop_remainder=drop_remainder, **common)
+                   shuffle_buffer=shuffle_buffer, drop_remainder=drop_remainder,
+                   batch_size=batch_size, cache=cache)
+    # Evaluation splits in even batches: one shape for a compiled test step where possible.
     return Datasets(
         train=train,
-        validation=finish(splits.validation, "validation", info.num_validation, **common),
-        test=finish(splits.test, "test", info.num_test, **common),
+        validation=finish(splits.validation, "validation", info.num_validation, cache=cache,
+                          batch_size=even_batch_size(info.num_validation, batch_size)),
+        test=finish(splits.test, "test", info.num_test, cache=cache,
+                    batch_size=even_batch_size(info.num_test, batch_size)),
         info=info,
     )

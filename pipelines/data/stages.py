@@ -64,6 +64,31 @@ def finish(ds, role, num_examples, *, batch_size, cache, training=False,
     return ds.with_options(options)
 
 
+def even_batch_size(num_examples, batch_size):
+    """The batch size that splits `num_examples` into as many batches as `batch_size` does, evenly.
+
+    An evaluation split batched at 128 with 288 examples ends with a batch of
+    32, and an XLA-compiled test step compiles a second time for that shape;
+    batches of 96 need one compile. When no size divides evenly the last batch
+    is still the only smaller one, and as close to the others as it can be.
+
+    Args:
+        num_examples: int >= 0.
+        batch_size: int > 0, the largest batch size wanted.
+
+    Returns:
+        `ceil(num_examples / ceil(num_examples / batch_size))` (`batch_size` for an empty split).
+
+    Example:
+        >>> even_batch_size(288, 128), even_batch_size(256, 128), even_batch_size(290, 128)
+        (96, 128, 97)
+    """
+    if num_examples <= 0:
+        return batch_size
+    batches = -(-num_examples // batch_size)
+    return -(-num_examples // batches)
+
+
 def maybe_cache(ds, role, num_examples, cache):
     """Caches `ds` on disk (cache is a path prefix) or in memory (when it fits).
 
