@@ -18,7 +18,11 @@ from keras_vit.recipe import (
 )
 from pipelines.cli_args import safe_name
 from pipelines.options import PRECISIONS
-from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
+from pipelines.sequence.data import (
+    DEFAULT_SEQUENCE_DATASET,
+    check_image_size_source,
+    is_folder_source,
+)
 from pipelines.training.config import check_positive_integers, check_recipe
 
 #: The sequence preset: a small ViT and a 2-block decoder; any flag given on the
@@ -112,8 +116,6 @@ def dataset_slug(dataset):
 
     Folders give their last component (`folder:/data/plates` -> `plates`).
     """
-    from pipelines.sequence.data import is_folder_source
-
     if is_folder_source(dataset):
         return safe_name(dataset)
     return safe_name(dataset.replace("/", "_").replace(":", "_"))
@@ -162,6 +164,11 @@ def check_sequence_config(config):
     if config.max_length < 2:
         raise ValueError(f"--max-length must be >= 2 (one character and the end token); "
                          f"received {config.max_length}")
+    dropout = config.dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--dropout must be a number in [0, 1); received {dropout!r}")
+    check_image_size_source(config.dataset, config.image_size)
     if not isinstance(config.length_penalty, (int, float)) or config.length_penalty < 0:
         raise ValueError(f"--length-penalty must be a number >= 0; "
                          f"received {config.length_penalty!r}")
