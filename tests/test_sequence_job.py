@@ -181,7 +181,7 @@ def test_served_model_refuses_bad_images_naming_the_value_or_file(digit_run, tmp
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         signatures["serving_default"](images=tf.zeros((1, 17, 64, 1)))
     message = " ".join(str(error.value).split())
-    assert "images must be float32 [batch, 16, 64, 1]; got shape [1 17 64 1]" in message, message
+    assert "images must be float32 [batch, 16, 64, 1]; got shape] [1 17 64 1]" in message, message
     with pytest.raises(tf.errors.InvalidArgumentError):
         signatures["serving_bytes"](images_bytes=tf.constant([b"not an image"]))
 
