@@ -130,10 +130,18 @@ def _classify(args):
         image_shape = args.image_size
     else:
         image_shape = backend.image_shape()
-    note = image_shape and conversion_note(native_image_shapes(images), image_shape)
+    shapes = native_image_shapes(images)
+    note = image_shape and conversion_note(shapes, image_shape)
     if note:
         print(f"keras-vit predict: {note}", file=sys.stderr)
-    return backend.predict(images, args.signature, image_shape)
+    try:
+        return backend.predict(images, args.signature, image_shape)
+    except PredictError as error:
+        # The server says what is wrong, not with which file: name the ones that do not decode.
+        bad = [path for path, shape in zip(args.images, shapes) if shape is None]
+        if not bad:
+            raise
+        raise PredictError(f"{error} (files that do not decode: {', '.join(bad)})") from None
 
 
 def main(argv=None):

@@ -26,6 +26,8 @@ TINY = ["--hidden-dim", "32", "--depth", "1", "--num-heads", "2", "--mlp-dim", "
         "--decoder-layers", "1", "--batch-size", "16", "--learning-rate", "3e-3",
         "--verbose", "0"]
 IDS = {"start_id": START, "end_id": END, "pad_id": PAD}
+#: --model-name of the digit_strings run (default: sequence_digit_strings_small).
+MODEL_NAME = "digit_reader"
 
 
 def run_cli(module, argv):
@@ -63,6 +65,7 @@ def digit_run(tmp_path_factory, digit_strings_data_dir):  # noqa: F811
     code, out, err = train(["--dataset", "digit_strings/small", "--data-dir",
                             digit_strings_data_dir, "--offline", "--epochs", "2",
                             "--output-dir", str(run_dir), "--export-dir", str(export_dir),
+                            "--model-name", MODEL_NAME,
                             "--verbose", "2"])  # 2: one line per epoch and the verification
     assert code == 0, err[-3000:]
     return {"run_dir": run_dir, "export_dir": export_dir, "out": out,
@@ -110,12 +113,14 @@ def test_export_is_verified_servable_and_reads_like_the_keras_model(digit_run):
     from pipelines.serving.op_audit import find_disallowed_ops
     from pipelines.serving.signatures import read_metadata
 
-    version = digit_run["export_dir"] / "sequence_digit_strings_small" / "1"
+    version = digit_run["export_dir"] / MODEL_NAME / "1"
     assert version.is_dir() and (digit_run["export_dir"] / "models.config").is_file()
     assert "Verified" in digit_run["out"] and "self-contained" in digit_run["out"]
     assert find_disallowed_ops(version) == []
     metadata = read_metadata(version)
-    assert metadata["task"] == "sequence"
+    assert metadata["task"] == "sequence" and metadata["model_name"] == MODEL_NAME
+    assert sorted(p.name for p in digit_run["export_dir"].iterdir()) == [MODEL_NAME,
+                                                                        "models.config"]
     assert metadata["vocabulary"]["characters"] == list("0123456789")
     assert (version / "assets.extra" / "tf_serving_warmup_requests").is_file()
 
@@ -159,7 +164,7 @@ def test_predict_prints_the_text_of_a_png(digit_run, tmp_path):
     example = list(generate_strings("test", 5))[4]
     path = tmp_path / "string.png"
     Image.fromarray(example["image"][:, :, 0], mode="L").save(path)
-    version = digit_run["export_dir"] / "sequence_digit_strings_small" / "1"
+    version = digit_run["export_dir"] / MODEL_NAME / "1"
     code, out, err = run_cli(predict, [str(path), "--saved-model", str(version)])
     assert code == 0, err
     tokens, scores = decode(model, example["image"][None], "beam")
@@ -168,13 +173,48 @@ def test_predict_prints_the_text_of_a_png(digit_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_served_model_refuses_bad_images_naming_the_value_or_file(digit_run, tmp_path):
+    from pipelines import predict
+
+    version = digit_run["export_dir"] / MODEL_NAME / "1"
+    signatures = tf.saved_model.load(str(version)).signatures
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        signatures["serving_default"](images=tf.zeros((1, 17, 64, 1)))
+    message = " ".join(str(error.value).split())
+    assert "images must be float32 [batch, 16, 64, 1]; got shape] [1 17 64 1]" in message, message
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        signatures["serving_bytes"](images_bytes=tf.constant([b"not an image"]))
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((16, 64), np.uint8), mode="L").save(good)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:40])  # a PNG header, then nothing
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    large = tmp_path / "large.png"
+    Image.fromarray(np.zeros((20, 80), np.uint8), mode="L").save(large)
+    for signature in ("serving_bytes", "serving_default"):
+        flags = ["--saved-model", str(version), "--signature", signature]
+        code, out, err = run_cli(predict, [str(good), str(cut)] + flags)
+        assert code == 1 and out == "", err
+        assert "Invalid PNG" in err and f"(files that do not decode: {cut})" in err, err
+        code, out, err = run_cli(predict, [str(text)] + flags)
+        assert (code, out) == (1, "")
+        assert err == f"keras-vit predict: error: {text} is not a JPEG, PNG, GIF, BMP or WebP file\n"
+        # Another size is resized, and said so: the text is read from the resized image.
+        code, out, err = run_cli(predict, [str(large)] + flags)
+        assert code == 0 and "resizing 1 of 1 image to 16x64 (from 20x80)" in err
+        assert out.splitlines()[0] == str(large) and out.splitlines()[1].startswith("  text: ")
+
+
+@pytest.mark.slow
 def test_new_export_is_a_new_version_and_a_finished_run_is_refused(digit_run):
     from pipelines.serving.sequence import export_sequence_model
 
     model, vocab = load_run(digit_run["run_dir"])
-    first = digit_run["export_dir"] / "sequence_digit_strings_small" / "1"
+    first = digit_run["export_dir"] / MODEL_NAME / "1"
     before = {p.name: p.stat().st_mtime_ns for p in first.rglob("*")}
-    version = export_sequence_model(model, vocab, "sequence_digit_strings_small",
+    version = export_sequence_model(model, vocab, MODEL_NAME,
                                     digit_run["export_dir"], verify=False, verbose=False)
     assert version.name == "2"
     assert {p.name: p.stat().st_mtime_ns for p in first.rglob("*")} == before

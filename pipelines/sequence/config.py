@@ -15,11 +15,15 @@ from keras_vit.recipe import (
     DEFAULT_LABEL_SMOOTHING,
     DEFAULT_WARMUP_FRACTION,
     DEFAULT_WEIGHT_DECAY,
-    TrainingRecipe,
 )
 from pipelines.cli_args import safe_name
 from pipelines.options import PRECISIONS
-from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
+from pipelines.sequence.data import (
+    DEFAULT_SEQUENCE_DATASET,
+    check_image_size_source,
+    is_folder_source,
+)
+from pipelines.training.config import check_positive_integers, check_recipe
 
 #: The sequence preset: a small ViT and a 2-block decoder; any flag given on the
 #: command line wins. Without --patch-size the patches are full-height strips
@@ -112,18 +116,9 @@ def dataset_slug(dataset):
 
     Folders give their last component (`folder:/data/plates` -> `plates`).
     """
-    from pipelines.sequence.data import is_folder_source
-
     if is_folder_source(dataset):
         return safe_name(dataset)
     return safe_name(dataset.replace("/", "_").replace(":", "_"))
-
-
-def recipe_of(config):
-    """The shared `TrainingRecipe` (AdamW, warm-up + cosine, clipping, smoothing) of a run."""
-    return TrainingRecipe(learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                          warmup_fraction=config.warmup_fraction,
-                          label_smoothing=config.label_smoothing, clipnorm=config.clipnorm)
 
 
 STRIP_WIDTH = 4
@@ -150,12 +145,11 @@ def model_kwargs(config, info):
             "position_embedding": config.position_embedding}
 
 
-def _flag(name):
-    return "--" + name.replace("_", "-")
-
-
 def check_sequence_config(config):
     """Fails before any data is read, naming the flag and the value.
+
+    The checks shared with the classifier (`check_positive_integers`,
+    `check_recipe`) are the training job's own.
 
     Raises:
         ValueError: one line per problem found first.
@@ -165,20 +159,17 @@ def check_sequence_config(config):
     parse_variant(config.variant)
     if config.precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}; received {config.precision!r}")
-    for name in ("epochs", "batch_size", "max_length", "decoder_layers", "beam_width"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{_flag(name)} must be a positive integer; received {value!r}")
+    check_positive_integers(config, ("epochs", "batch_size", "max_length", "decoder_layers",
+                                     "beam_width"))
     if config.max_length < 2:
         raise ValueError(f"--max-length must be >= 2 (one character and the end token); "
                          f"received {config.max_length}")
+    dropout = config.dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--dropout must be a number in [0, 1); received {dropout!r}")
+    check_image_size_source(config.dataset, config.image_size)
     if not isinstance(config.length_penalty, (int, float)) or config.length_penalty < 0:
         raise ValueError(f"--length-penalty must be a number >= 0; "
                          f"received {config.length_penalty!r}")
-    try:
-        recipe_of(config)
-    except ValueError as error:  # the recipe names its fields; the user typed flags
-        message = str(error)
-        for field in dataclasses.fields(TrainingRecipe):
-            message = message.replace(f"`{field.name}`", _flag(field.name))
-        raise ValueError(message) from None
+    check_recipe(config)

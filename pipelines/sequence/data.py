@@ -72,13 +72,18 @@ def is_folder_source(source):
     return source.startswith(FOLDER_PREFIX) or os.path.isdir(source)
 
 
-def read_source(source, *, image_size=None, data_dir=None, offline=False, seed=0):
-    """The source's `RawSplits` (all file and image checks done)."""
-    if is_folder_source(source):
-        return read_folder(source.removeprefix(FOLDER_PREFIX), image_size, seed)
-    if image_size is not None:
+def check_image_size_source(source, image_size):
+    """Raises ValueError when `image_size` is given for a tfds source (read at its own size)."""
+    if image_size is not None and not is_folder_source(source):
         raise ValueError(f"--image-size is for folder datasets; {source!r} is a tfds dataset "
                          "read at its own size")
+
+
+def read_source(source, *, image_size=None, data_dir=None, offline=False, seed=0):
+    """The source's `RawSplits` (all file and image checks done)."""
+    check_image_size_source(source, image_size)
+    if is_folder_source(source):
+        return read_folder(source.removeprefix(FOLDER_PREFIX), image_size, seed)
     return read_tfds(source, data_dir, offline, seed)
 
 

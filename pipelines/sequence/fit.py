@@ -5,7 +5,7 @@ files, callbacks (CSV history, best checkpoint on `val_accuracy`, TensorBoard,
 BackupAndRestore) and the same rules: a finished run is never silently reused
 (`--overwrite` moves it aside), a killed one resumes only with the options it
 started with (`--restart` moves it aside). `vocab.json` is written next to
-`run_config.json`.
+`run_config.json`, and a resume also needs the data to give that vocabulary.
 
 Example:
 >>> plan = plan_sequence_run(config)           # before any data is read
@@ -13,19 +13,18 @@ Example:
 >>> outcome = fit_sequence_model(config, data, log=print)
 """
 
-import dataclasses
 import os
 import time
 
-from pipelines.sequence.config import RUN_DEFINING_OPTIONS, model_kwargs, recipe_of
-from pipelines.sequence.vocab import VOCAB_FILENAME
+from pipelines.sequence.config import RUN_DEFINING_OPTIONS, model_kwargs
+from pipelines.sequence.vocab import VOCAB_FILENAME, CharVocabulary
+from pipelines.training.config import recipe_of
 from pipelines.training.fit import FitOutcome
 from pipelines.training.run_folder import (
-    RUN_CONFIG,
     best_so_far,
     epoch_timer,
-    move_aside,
     plan_run_dir,
+    prepare_run_dir,
     training_callbacks,
 )
 
@@ -44,19 +43,32 @@ def plan_sequence_run(config):
 
 
 def prepare_sequence_run(config, plan, vocab, log):
-    """Acts on the plan; a new folder gets `run_config.json` and `vocab.json`. Returns `resumed`."""
-    from pipelines.reporting import write_json
+    """Acts on the plan (`prepare_run_dir`); a new folder also gets `vocab.json`.
 
-    run_dir = config.output_dir
-    if plan == "resume":
-        log(f"resuming the interrupted run in {run_dir}")
-        return True
-    if plan == "replace":
-        log(f"moved the earlier run in {run_dir} aside to {move_aside(run_dir)}")
-    os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, RUN_CONFIG), dataclasses.asdict(config))
-    vocab.save(os.path.join(run_dir, VOCAB_FILENAME))
-    return False
+    A resumed run must read the same characters as the run it continues: its
+    weights map token ids to the saved vocabulary, so a run whose data now
+    gives another one (a labels.csv edited between the runs) is refused
+    before anything is written.
+
+    Returns:
+        bool: whether the run resumes.
+
+    Raises:
+        ValueError: resuming with another vocabulary than the run's `vocab.json`.
+    """
+    vocab_path = os.path.join(config.output_dir, VOCAB_FILENAME)
+    if plan == "resume" and os.path.exists(vocab_path):
+        saved = CharVocabulary.load(vocab_path)
+        if saved != vocab:
+            raise ValueError(
+                f"cannot resume the interrupted run in {config.output_dir}: its vocabulary "
+                f"{''.join(saved.characters)!r} ({vocab_path}) differs from the data's "
+                f"{''.join(vocab.characters)!r}; pass the run's data to resume it, or "
+                "--restart to move it aside and start over")
+    resumed = prepare_run_dir(config, plan, log)
+    if not resumed:
+        vocab.save(vocab_path)
+    return resumed
 
 
 def build_sequence_model(config, info):

@@ -14,7 +14,8 @@ Both return:
 
 `export_sequence_model` writes, audits (no PyFunc, core ops only), verifies
 in a fresh process (`pipelines.serving.sequence_verification`) and publishes
-one version the same all-or-nothing way as the classifier's `export_model`.
+one version through the classifier's all-or-nothing transaction
+(`pipelines.serving.transaction.publish_version`).
 
 Example:
 >>> export_sequence_model(model, vocab, "sequence_digit_strings", beam_width=4)
@@ -38,17 +39,14 @@ from pipelines.serving.contract import (
     SERVING_BYTES,
     SERVING_DEFAULT,
 )
-from pipelines.serving.errors import DisallowedOpsError
 from pipelines.serving.model_info import compute_dtype_of, validate_model_name
-from pipelines.serving.op_audit import find_disallowed_ops
-from pipelines.serving.repository import (
-    new_temp_dir,
-    parse_version_policy,
-    publish,
-    write_models_config,
-)
 from pipelines.serving.samples import as_pixel_images
-from pipelines.serving.transaction import MAX_WARMUP_IMAGES, _prune_after_publish, _undo
+from pipelines.serving.transaction import (
+    MAX_WARMUP_IMAGES,
+    audit_ops,
+    check_publish_options,
+    publish_version,
+)
 from pipelines.serving.warmup import write_warmup_requests
 
 #: Outputs of both signatures of a sequence export.
@@ -203,10 +201,7 @@ def _write_and_check(model, vocab, tmp_dir, model_name, decoding, warmup_images,
     warmup = warmup_images if warmup_images is not None else np.zeros(
         (2, *image_shape_of(model)), np.float32)
     write_warmup_requests(tmp_dir, model_name, warmup)
-    disallowed = find_disallowed_ops(tmp_dir)
-    if disallowed:
-        raise DisallowedOpsError("The export uses ops a stock tensorflow_model_server lacks:\n  "
-                                 + "\n  ".join(disallowed))
+    audit_ops(tmp_dir)
     if verify:
         report = verify_sequence_export(tmp_dir, model, vocab, warmup_images, **decoding)
         if verbose:
@@ -242,27 +237,13 @@ def export_sequence_model(model, vocab, model_name, base_dir="savedmodels", *, b
     model_name = validate_model_name(model_name)
     check_decoding_options(beam_width, length_penalty)
     decoding = {"beam_width": beam_width, "length_penalty": float(length_penalty)}
-    policy = parse_version_policy(version_policy) if version_policy is not None else None
-    if keep_versions is not None and int(keep_versions) < 1:
-        raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+    policy = check_publish_options(keep_versions, version_policy)
     if warmup_images is not None:
         warmup_images = as_pixel_images(warmup_images, image_shape_of(model))[:MAX_WARMUP_IMAGES]
-    base_dir = pathlib.Path(base_dir)
-    model_dir = base_dir / model_name
-    created_dirs = [path for path in (model_dir, *model_dir.parents) if not path.exists()]
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir, version_dir = new_temp_dir(model_dir), None
-    try:
+
+    def write_and_check(tmp_dir):
         _write_and_check(model, vocab, tmp_dir, model_name, decoding, warmup_images, verify,
                          verbose)
-        version_dir = publish(tmp_dir, model_dir)
-        write_models_config(base_dir, config_base_path=config_base_path,
-                            policies={model_name: policy} if policy is not None else None)
-    except BaseException:
-        _undo(tmp_dir, version_dir, created_dirs)
-        raise
-    if keep_versions is not None:
-        _prune_after_publish(model_dir, model_name, keep_versions, verbose)
-    if verbose:
-        print(f"Exported {model_name} version {version_dir.name} to {version_dir}")
-    return version_dir
+
+    return publish_version(write_and_check, model_name, base_dir, keep_versions=keep_versions,
+                           config_base_path=config_base_path, policy=policy, verbose=verbose)

@@ -3,7 +3,9 @@
 A version is written into a hidden `.tmp-<uuid>` sibling folder (TF Serving ignores
 non-numeric folders), checked for ops a stock model server lacks, verified in a
 fresh process (`verify_export`) and only then renamed to the next integer version,
-so a server never sees a half-written or failed export.
+so a server never sees a half-written or failed export. `publish_version` is that
+transaction on its own; the image-to-sequence export (`pipelines.serving.sequence`)
+runs its own writing and checks through it.
 
 Example:
     >>> export_model(model, "vit", class_names=["cat", "dog"], keep_versions=3)
@@ -43,6 +45,16 @@ from pipelines.serving.warmup import write_warmup_requests
 MAX_WARMUP_IMAGES = 8
 
 
+def audit_ops(export_dir):
+    """Raises `DisallowedOpsError` listing the ops of `export_dir` a stock model server lacks."""
+    disallowed = find_disallowed_ops(export_dir)
+    if disallowed:
+        raise DisallowedOpsError(
+            "The export uses ops a stock tensorflow_model_server lacks:\n  "
+            + "\n  ".join(disallowed)
+        )
+
+
 def _write_and_check(model, tmp_dir, model_name, class_names, top_k, warmup_images, verify,
                      verbose):
     """Write the SavedModel, metadata and warm-up file into `tmp_dir`, then check it."""
@@ -54,20 +66,21 @@ def _write_and_check(model, tmp_dir, model_name, class_names, top_k, warmup_imag
     else:
         warmup = warmup_images
     write_warmup_requests(tmp_dir, model_name, warmup)
-    disallowed = find_disallowed_ops(tmp_dir)
-    if disallowed:
-        raise DisallowedOpsError(
-            "The export uses ops a stock tensorflow_model_server lacks:\n  "
-            + "\n  ".join(disallowed)
-        )
+    audit_ops(tmp_dir)
     if verify:
         report = verify_export(tmp_dir, model=model, sample_images=warmup_images)
         if verbose:
             print(str(report).replace(str(pathlib.Path(tmp_dir).resolve()), "the export"))
 
 
-def _undo(tmp_dir, version_dir, created_dirs):
-    """Leave nothing a server would load: no temp folder, no new version, no new folders."""
+def undo_publish(tmp_dir, version_dir, created_dirs):
+    """Leaves nothing a server would load: no temp folder, no new version, no new folders.
+
+    Args:
+        tmp_dir: the hidden temp folder being written.
+        version_dir: the version it was renamed to, or None if not renamed yet.
+        created_dirs: folders the export created (deepest first), removed if empty.
+    """
     if version_dir is not None and version_dir.exists():
         remove_dir_atomically(version_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -76,8 +89,12 @@ def _undo(tmp_dir, version_dir, created_dirs):
             path.rmdir()
 
 
-def _prune_after_publish(model_dir, model_name, keep_versions, verbose):
-    try:  # the new version is already live: a failed clean-up must not undo it
+def prune_after_publish(model_dir, model_name, keep_versions, verbose):
+    """Keeps the newest `keep_versions` versions; a failure only warns.
+
+    The new version is already live: a failed clean-up must not undo it.
+    """
+    try:
         removed = prune_versions(model_dir, keep_versions)
     except OSError as error:
         message = f"warning: could not prune old versions of {model_name}: {error}"
@@ -85,6 +102,65 @@ def _prune_after_publish(model_dir, model_name, keep_versions, verbose):
     else:
         if removed and verbose:
             print(f"Removed old versions {removed} of {model_name}")
+
+
+def check_publish_options(keep_versions, version_policy):
+    """Checks `keep_versions` (None or >= 1); returns the parsed `version_policy` (or None).
+
+    Raises:
+        ValueError: naming the bad value.
+    """
+    policy = parse_version_policy(version_policy) if version_policy is not None else None
+    if keep_versions is not None and int(keep_versions) < 1:
+        raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+    return policy
+
+
+def publish_version(write_and_check, model_name, base_dir, *, keep_versions=None,
+                    config_base_path=DEFAULT_CONFIG_BASE_PATH, policy=None, verbose=True):
+    """The all-or-nothing publish step every export shares.
+
+    `write_and_check(tmp_dir)` writes and checks the version in a hidden temp
+    folder of `base_dir/model_name`; the folder is then renamed to the next
+    version and `base_dir/models.config` rewritten. Any failure (^C included)
+    removes the temp folder, a just-renamed version and the folders this call
+    created, then re-raises.
+
+    Args:
+        write_and_check: callable taking the temp folder (a `pathlib.Path`).
+        model_name: a validated model name.
+        base_dir: the savedmodels folder (created if missing).
+        keep_versions: if set, delete all but the newest `keep_versions` versions.
+        config_base_path: where the server sees `base_dir` in models.config.
+        policy: a parsed version policy (`check_publish_options`), or None.
+        verbose: print where the version went.
+
+    Returns:
+        `pathlib.Path` of the new version folder.
+
+    Example:
+        >>> publish_version(lambda tmp: write_saved_model(model, tmp), "vit", "savedmodels")
+        PosixPath('savedmodels/vit/1')
+    """
+    base_dir = pathlib.Path(base_dir)
+    model_dir = base_dir / model_name
+    # Folders this export creates (deepest first), removed again if it fails.
+    created_dirs = [path for path in (model_dir, *model_dir.parents) if not path.exists()]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir, version_dir = new_temp_dir(model_dir), None
+    try:
+        write_and_check(tmp_dir)
+        version_dir = publish(tmp_dir, model_dir)
+        write_models_config(base_dir, config_base_path=config_base_path,
+                            policies={model_name: policy} if policy is not None else None)
+    except BaseException:
+        undo_publish(tmp_dir, version_dir, created_dirs)
+        raise
+    if keep_versions is not None:
+        prune_after_publish(model_dir, model_name, keep_versions, verbose)
+    if verbose:
+        print(f"Exported {model_name} version {version_dir.name} to {version_dir}")
+    return version_dir
 
 
 def export_model(
@@ -136,32 +212,13 @@ def export_model(
     num_classes = num_classes_of(model)
     class_names = check_class_names(class_names, num_classes)
     top_k = check_top_k(top_k, num_classes)
-    policy = parse_version_policy(version_policy) if version_policy is not None else None
-    if keep_versions is not None and int(keep_versions) < 1:
-        raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+    policy = check_publish_options(keep_versions, version_policy)
     if warmup_images is not None:
         warmup_images = as_pixel_images(warmup_images, image_shape_of(model))[:MAX_WARMUP_IMAGES]
 
-    base_dir = pathlib.Path(base_dir)
-    model_dir = base_dir / model_name
-    # Folders this export creates (deepest first), removed again if it fails.
-    created_dirs = [path for path in (model_dir, *model_dir.parents) if not path.exists()]
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir, version_dir = new_temp_dir(model_dir), None
-    try:
+    def write_and_check(tmp_dir):
         _write_and_check(model, tmp_dir, model_name, class_names, top_k, warmup_images, verify,
                          verbose)
-        version_dir = publish(tmp_dir, model_dir)
-        write_models_config(
-            base_dir,
-            config_base_path=config_base_path,
-            policies={model_name: policy} if policy is not None else None,
-        )
-    except BaseException:
-        _undo(tmp_dir, version_dir, created_dirs)
-        raise
-    if keep_versions is not None:
-        _prune_after_publish(model_dir, model_name, keep_versions, verbose)
-    if verbose:
-        print(f"Exported {model_name} version {version_dir.name} to {version_dir}")
-    return version_dir
+
+    return publish_version(write_and_check, model_name, base_dir, keep_versions=keep_versions,
+                           config_base_path=config_base_path, policy=policy, verbose=verbose)

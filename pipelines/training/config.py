@@ -156,8 +156,28 @@ def model_kwargs(config, info):
     )
 
 
-def _as_flag(name):
+def as_flag(name):
+    """The command-line flag of a config field: `batch_size` -> `--batch-size`."""
     return "--" + name.replace("_", "-")
+
+
+def check_positive_integers(config, names):
+    """Raises ValueError naming the flag unless each field in `names` is an int > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{as_flag(name)} must be a positive integer; received {value!r}")
+
+
+def check_recipe(config):
+    """Raises the recipe's own ValueError, with its field names written as flags."""
+    try:
+        recipe_of(config)
+    except ValueError as error:  # the recipe names its fields; the user typed flags
+        message = str(error)
+        for field in dataclasses.fields(TrainingRecipe):
+            message = message.replace(f"`{field.name}`", as_flag(field.name))
+        raise ValueError(message) from None
 
 
 def check_config(config):
@@ -177,22 +197,12 @@ def check_config(config):
     for name, choices in (("distribute", STRATEGIES), ("precision", PRECISIONS),
                           ("on_bad_image", BAD_IMAGE_POLICIES)):
         if getattr(config, name) not in choices:
-            raise ValueError(f"{_as_flag(name)} must be one of {choices}; "
+            raise ValueError(f"{as_flag(name)} must be one of {choices}; "
                              f"received {getattr(config, name)!r}")
-    for name in ("epochs", "batch_size"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{_as_flag(name)} must be a positive integer; "
-                             f"received {value!r}")
+    check_positive_integers(config, ("epochs", "batch_size"))
     if not isinstance(config.tta_shift, int) or config.tta_shift < 0:
         raise ValueError(f"--tta-shift must be an integer >= 0; received {config.tta_shift!r}")
-    try:
-        recipe_of(config)
-    except ValueError as error:  # the recipe names its fields; the user typed flags
-        message = str(error)
-        for field in dataclasses.fields(TrainingRecipe):
-            message = message.replace(f"`{field.name}`", _as_flag(field.name))
-        raise ValueError(message) from None
+    check_recipe(config)
 
 
 def hypermodel_of(config, info, **kwargs):
