@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipelines.training.run_folder import interval_backup
+from pipelines.training.run_folder import interval_backup, run_state
 
 
 class BackedUpEpochs(keras.callbacks.Callback):
@@ -50,3 +50,16 @@ def test_backup_resumes_from_the_last_backed_up_epoch(tmp_path):
     resumed = model.fit(x, x[:, :1], epochs=5, verbose=0, callbacks=[interval_backup(backup, 0)])
     assert resumed.epoch == [1, 2, 3, 4]  # only the first epoch was backed up
 
+
+
+@pytest.mark.parametrize("history, state", [(None, "new"), ("", "new"), ("epoch,loss\n", "new"),
+                                            ("epoch,loss\n0,1.5\n", "finished")])
+def test_a_run_killed_in_its_first_epoch_is_new_not_finished(tmp_path, history, state):
+    (tmp_path / "run_config.json").write_text("{}")
+    if history is not None:
+        (tmp_path / "history.csv").write_text(history)
+    assert run_state(str(tmp_path)) == state
+    (tmp_path / "best.weights.h5").write_bytes(b"x")
+    assert run_state(str(tmp_path)) == "finished"
+    (tmp_path / "backup").mkdir()
+    assert run_state(str(tmp_path)) == "interrupted"

@@ -132,9 +132,17 @@ def run_state(run_dir):
     """`"interrupted"` (resumable), `"finished"` (a run's files, nothing to resume) or `"new"`."""
     if is_interrupted(run_dir):
         return "interrupted"
-    if any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES):
-        return "finished"
-    return "new"
+    kept = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+    # Killed during its first epoch: CSVLogger's file holds at most a header,
+    # no epoch was backed up, so there is nothing to keep or resume.
+    if kept == [HISTORY_CSV] and not _has_epoch_rows(os.path.join(run_dir, HISTORY_CSV)):
+        return "new"
+    return "finished" if kept else "new"
+
+
+def _has_epoch_rows(history_csv):
+    with open(history_csv) as file:
+        return sum(1 for line in file if line.strip()) > 1
 
 
 def changed_options(run_dir, config, options=None):
