@@ -98,7 +98,8 @@ def write_digit_folder(root, *, draws=None, size=None, colour=False, seed=0, lim
         size: canvas side; default 28 (grey) or 32 (colour).
         colour: RGB images (see `draw_digit`).
         seed: seeds every drawing.
-        limit: at most this many source images per split (a quick, small folder).
+        limit: at most this many source images per class and split (a quick, small
+            folder that still has every class in every split).
 
     Returns:
         dict split -> images written.
@@ -108,7 +109,7 @@ def write_digit_folder(root, *, draws=None, size=None, colour=False, seed=0, lim
 
     Example:
         >>> write_digit_folder("/tmp/scans", draws={"train": 1, "validation": 1, "test": 1},
-        ...                    limit=50)
+        ...                    limit=5)
         {'train': 50, 'validation': 50, 'test': 50}
     """
     from sklearn.datasets import load_digits
@@ -127,7 +128,9 @@ def write_digit_folder(root, *, draws=None, size=None, colour=False, seed=0, lim
     rng = np.random.default_rng(seed)
     written = {}
     for split, indices in split_indices().items():
-        indices = indices[:limit] if limit else indices
+        if limit:  # the first `limit` of each class, in the split's order
+            indices = [i for label in range(10)
+                       for i in [j for j in indices if digits.target[j] == label][:limit]]
         for label in range(10):
             os.makedirs(os.path.join(root, split, str(label)), exist_ok=True)
         for index in indices:
