@@ -197,5 +197,31 @@ def test_scaled_options_are_run_defining_and_checked_on_resume(tmp_path):
     assert plan_run_dir(requested.resolved(_info((28, 28, 1), 4596, 576))) == "resume"
     # Four times the images: other epochs, refused naming the option.
     grown = requested.resolved(_info((28, 28, 1), 4 * 4596, 576))
-    with pytest.raises(ValueError, match=r"--epochs \d+ \(run: %d\)" % started.epochs):
+    with pytest.raises(ValueError, match=rf"--epochs \d+ \(run: {started.epochs}\)"):
         plan_run_dir(grown)
+
+
+# ------------------------------------------------------------- the job itself
+@pytest.mark.slow
+def test_job_scales_records_and_reports_the_preset_of_a_folder(tmp_path):
+    from pipelines.training.job import train
+    from tests.image_folder_fixtures import write_class_folders
+
+    write_class_folders(tmp_path / "scans", per_class=30, size=(16, 16), channels=1)
+    run_dir = tmp_path / "run"
+    config = TrainConfig(dataset=str(tmp_path / "scans"), epochs=1, export=False, xla=False,
+                         precision="float32", verbose=0, output_dir=str(run_dir))
+    lines = []
+    metrics = train(config, log=lines.append)
+    # 16x16 grey, 54 training images (18 per class after carving validation and test).
+    expected = scaled_preset((16, 16, 1), 54, 18, given={"epochs": 1})
+    assert expected["variant"] == "Ti/4" and expected["batch_size"] == 16
+    saved = json.loads((run_dir / RUN_CONFIG).read_text())
+    for name, value in expected.items():
+        assert saved[name] == metrics["config"][name] == (1 if name == "epochs" else value)
+    assert metrics["tta_shift"] == expected["tta_shift"] == 1
+    assert any(line.startswith("options scaled to 16x16x1 images, 54 training images")
+               for line in lines)
+    # The run folder is planned after the data is read, and still guarded.
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train(config, log=lines.append)

@@ -1,7 +1,9 @@
 """`train(config)`: the whole training job, phase by phase, timed.
 
 checks (options, `--init` checkpoint, run folder) -> data
-(`pipelines.training.data_loading`) -> precision/XLA choice -> ViT (new, or
+(`pipelines.training.data_loading`; a dataset without a named preset gets its
+unset options scaled to the data there, and its run folder is planned then)
+-> precision/XLA choice -> ViT (new, or
 the `--init` checkpoint's) compiled by the recipe and fitted
 (`pipelines.training.fit`) -> test metrics, SVC baseline, plots,
 export (`pipelines.training.evaluation`) -> `metrics.json`.
