@@ -20,6 +20,7 @@ BENCHMARKS = {
     "memory": "benchmarks.bench_memory",
     "job": "benchmarks.bench_job",
     "decoding": "benchmarks.bench_decoding",
+    "folder": "benchmarks.bench_folder",
 }
 
 

@@ -4,6 +4,8 @@ Speed itself is never asserted here (see benchmarks/README.md); these check
 that the benchmarks parse their options and count and classify correctly.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,92 @@ def test_cpu_facts_reads_flags(tmp_path):
                      "native_bf16": True}
     cpuinfo.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2 fma\n")
     assert common.precisions_for_this_cpu(common.cpu_facts(str(cpuinfo))) == ("float32",)
+
+
+# ------------------------------------------------------- folder benchmark
+def test_digit_folder_is_a_split_layout_of_the_digits_splits(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from benchmarks.digit_folder import write_digit_folder
+    from pipelines.data.digits import split_indices
+    from pipelines.data.folder import folder_splits
+
+    draws = {"train": 2, "validation": 1, "test": 1}
+    written = write_digit_folder(tmp_path / "a", draws=draws, limit=2)
+    assert written == {"train": 40, "validation": 20, "test": 20}
+    splits = folder_splits(str(tmp_path / "a"), None, 0.2, 0, "error")
+    assert splits.info.image_shape == (28, 28, 1)
+    assert splits.info.split_origins == {"train": "train/", "validation": "validation/",
+                                         "test": "test/"}
+    # Each split holds drawings of its own source digits: the first 2 of each class.
+    targets = load_digits().target
+    for role, indices in split_indices().items():
+        names = sorted(os.path.basename(p) for p in (tmp_path / "a" / role).rglob("*.png"))
+        expected = [i for label in range(10) for i in [j for j in indices
+                                                       if targets[j] == label][:2]]
+        assert names == sorted(f"{i:04d}_{d}.png" for i in expected for d in range(draws[role]))
+        labels = sorted(int(label) for _, label in getattr(splits, role))
+        assert labels == sorted(int(targets[i]) for i in expected for _ in range(draws[role]))
+
+
+def test_digit_folder_is_deterministic_and_colour_is_rgb(tmp_path):
+    from PIL import Image
+
+    from benchmarks.digit_folder import write_digit_folder
+
+    small = dict(draws={"train": 1, "validation": 1, "test": 1}, limit=1)
+    write_digit_folder(tmp_path / "a", **small)
+    write_digit_folder(tmp_path / "b", **small)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == 30
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+               for f in files)
+    write_digit_folder(tmp_path / "c", colour=True, **small)
+    image = Image.open(next((tmp_path / "c").rglob("*.png")))
+    assert image.mode == "RGB" and image.size == (32, 32)
+    # Drawings differ: a warped, noisy copy, not the same template twice.
+    pixels = [np.asarray(Image.open(p), float) for p in sorted((tmp_path / "a").rglob("*.png"))]
+    assert min(np.abs(a - b).mean() for a, b in zip(pixels, pixels[1:])) > 1.0
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(draws={"train": 0, "validation": 1, "test": 1}), "draws"),
+    (dict(draws={"train": 1}), "draws")])
+def test_digit_folder_rejects_bad_draws(tmp_path, kwargs, needle):
+    from benchmarks.digit_folder import write_digit_folder
+
+    with pytest.raises(ValueError, match=needle):
+        write_digit_folder(tmp_path / "a", **kwargs)
+    assert not (tmp_path / "a").exists()  # nothing half-written
+
+
+def test_digit_folder_refuses_an_existing_split_folder(tmp_path):
+    from benchmarks.digit_folder import write_digit_folder
+
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ValueError, match="already holds a train/"):
+        write_digit_folder(tmp_path, limit=1)
+
+
+def test_folder_benchmark_judges_its_two_targets():
+    from benchmarks.bench_folder import judge
+
+    assert judge({"test_accuracy": 0.951, "svc_test_accuracy": 0.936}, 599.0) == (True, True)
+    assert judge({"test_accuracy": 0.950, "svc_test_accuracy": 0.936}, 601.0) == (False, False)
+    assert judge({"test_accuracy": 0.99}, 10.0) == (False, True)  # no baseline: not shown
+
+
+@pytest.mark.slow
+def test_folder_benchmark_quick_mode_runs_the_job_on_the_written_folder(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import bench_folder
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    assert bench_folder.run(quick=True, xla=False) == (True, False)
+    record = json.loads((tmp_path / "folder.json").read_text())
+    assert record["folder_sizes"] == {"train": 100, "validation": 100, "test": 100}
+    assert record["options"]["variant"] == "Ti/7" and record["options"]["epochs"] == 2
+    assert record["options"]["augmentation"] == "affine" and record["options"]["tta_shift"] == 2
+    metrics = record["metrics"]
+    assert metrics["split_origins"]["test"] == "test/" and "svc_test_accuracy" in metrics

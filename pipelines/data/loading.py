@@ -94,12 +94,45 @@ def load_datasets(
         batch_size=batch_size, image_size=image_size, validation_fraction=validation_fraction,
         augmentation=augmentation, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
         on_bad_image=on_bad_image)
+    splits = read_source(source, image_size=image_size, data_dir=data_dir, offline=offline,
+                         validation_fraction=validation_fraction, seed=seed,
+                         on_bad_image=on_bad_image)
+    return batch_splits(splits, batch_size=batch_size, augment=augment,
+                        augmentation=augmentation, seed=seed, deterministic=deterministic,
+                        cache=cache, shuffle_buffer=shuffle_buffer,
+                        drop_remainder=drop_remainder)
+
+
+def read_source(source, *, image_size, data_dir, offline, validation_fraction, seed,
+                on_bad_image):
+    """The first half of `load_datasets`: the source read as decoded, unbatched `SourceSplits`.
+
+    Its `info` (image shape, split sizes) is known before any batch size or
+    augmentation is chosen (the training job scales its preset to it).
+    Arguments as for `load_datasets` (`image_size`: None or (height, width)).
+
+    Example:
+        >>> splits = read_source("digits", image_size=None, data_dir=None, offline=False,
+        ...                      validation_fraction=0.2, seed=0, on_bad_image="error")
+        >>> splits.info.image_shape
+        (8, 8, 1)
+    """
     kind, target = parse_source(source)
     if kind == "folder":
-        splits = folder_splits(target, image_size, validation_fraction, seed, on_bad_image)
-    else:
-        splits = tfds_splits(target, source, image_size, data_dir, offline,
-                             validation_fraction, seed)
+        return folder_splits(target, image_size, validation_fraction, seed, on_bad_image)
+    return tfds_splits(target, source, image_size, data_dir, offline, validation_fraction, seed)
+
+
+def batch_splits(splits, *, batch_size, augment=True, augmentation=None, seed=0,
+                 deterministic=False, cache=True, shuffle_buffer=10_000,
+                 drop_remainder=False) -> Datasets:
+    """The second half of `load_datasets`: `SourceSplits` -> batched, prefetched `Datasets`.
+
+    Arguments as for `load_datasets`.
+
+    Example:
+        >>> data = batch_splits(splits, batch_size=32, augmentation="affine")
+    """
     if not augment:
         augmentation = "none"
     elif augmentation is None:

@@ -29,17 +29,16 @@ from pipelines.training.init_checkpoint import (
     check_init_options,
     checkpoint_kwargs,
 )
+from pipelines.training.presets import PRESETS, scaled_preset
 
-# Model and schedule defaults per dataset; any flag given on the command line wins.
-# The digits preset was chosen by the sweep recorded in README.md.
-PRESETS = {
-    "digits": dict(variant="Ti/2", hidden_dim=64, depth=4, num_heads=4, mlp_dim=128,
-                   pooling="gap", epochs=90, batch_size=128, learning_rate=3e-3,
-                   augmentation="affine", tta_shift=1),
-}
-GENERIC_PRESET = dict(variant="Ti/4", hidden_dim=192, depth=6, num_heads=3, mlp_dim=384,
-                      pooling="token", epochs=30, batch_size=128, learning_rate=1e-3,
-                      tta_shift=0)
+# Model and schedule defaults: a named preset per dataset (`PRESETS`), else one
+# scaled to the data's image size and number of training images
+# (`pipelines.training.presets.scaled_preset`); any flag given on the command line wins.
+# Before the data is known (early checks; the custom-loop distributed job) other
+# data gets the scaled preset of `PLACEHOLDER_DATA` with 4x4 patches, which divide
+# the common sizes (28, 32, 64, 96, 224).
+PLACEHOLDER_DATA = dict(image_shape=(32, 32, 3), num_train=50_000, num_validation=10_000)
+GENERIC_PRESET = dict(scaled_preset(**PLACEHOLDER_DATA), variant="Ti/4")
 
 # The options that decide the model, its data and its training: a run folder
 # resumes only with the same values (`pipelines.training.run_folder`).
@@ -57,8 +56,8 @@ class TrainConfig:
     Attributes mirror the command-line flags (see `pipelines.training.cli.build_parser`).
 
     Example:
-    >>> TrainConfig(dataset="mnist", epochs=5).resolved().variant
-    'Ti/4'
+    >>> TrainConfig(dataset="digits", epochs=5).resolved().variant
+    'Ti/2'
     """
 
     dataset: str = DEFAULT_DATASET
@@ -108,12 +107,36 @@ class TrainConfig:
     verbose: int = 1
     debug: bool = False
 
-    def resolved(self):
+    @property
+    def preset_needs_data(self):
+        """Whether unset options take the data-scaled preset (no named preset for the dataset)."""
+        return self.dataset not in PRESETS
+
+    def resolved(self, info=None):
         """A copy with the dataset preset filled in for every unset field.
 
         With `init`, the architecture fields stay unset: the checkpoint defines them.
+
+        Args:
+            info: the data's `DatasetInfo`, for a dataset without a named preset:
+                its preset is scaled to the images and their number
+                (`scaled_preset`, following the options given). Without it,
+                such a dataset gets `GENERIC_PRESET` (placeholder data).
+
+        Example:
+        >>> from pipelines.data import DatasetInfo
+        >>> info = DatasetInfo("scans", (28, 28, 1), 10, list("0123456789"), 4596, 576, 1080)
+        >>> TrainConfig(dataset="path/to/scans").resolved(info).variant
+        'Ti/7'
         """
-        preset = dict(PRESETS.get(self.dataset, GENERIC_PRESET), position_embedding="learned")
+        if self.dataset in PRESETS:
+            preset = PRESETS[self.dataset]
+        elif info is None:
+            preset = GENERIC_PRESET
+        else:
+            preset = scaled_preset(tuple(int(v) for v in info.image_shape), int(info.num_train),
+                                   int(info.num_validation), given=dataclasses.asdict(self))
+        preset = dict(preset, position_embedding="learned")
         if self.init:
             preset = {key: value for key, value in preset.items()
                       if key not in (*ARCHITECTURE_OPTIONS, "num_heads")}

@@ -7,14 +7,17 @@ so it collects those records instead of letting each read print them: the
 first read's are shown once, in the job's log, the second's dropped.
 
 Example:
->>> data, warnings = load_run_data(config)
+>>> data, warnings, config = load_run_data(config)
 >>> for line in describe_data(data.info, warnings): print(line)
 """
 
 import contextlib
+import dataclasses
 import logging
 
 DATA_LOGGER = "pipelines.data"
+#: Share of each class carved per split a source lacks (`load_datasets`' default).
+VALIDATION_FRACTION = 0.2
 
 
 class _Collect(logging.Handler):
@@ -49,28 +52,44 @@ def collected_data_warnings():
         logger.propagate = propagate
 
 
-def load_run_data(config):
-    """The run's datasets (training split augmented, whole batches) and the data warnings.
+def load_run_data(config, requested=None):
+    """The run's datasets (training split augmented, whole batches), data warnings and config.
+
+    The source is read first; a dataset without a named preset then has its
+    preset scaled to the data (`TrainConfig.resolved(info)`) before the batch
+    size and augmentation are applied.
 
     Args:
         config: a resolved `TrainConfig`.
+        requested: the config as given (unset options None), to resolve again
+            from the data's `DatasetInfo`; None keeps `config` as it is.
 
     Returns:
-        `(pipelines.data.Datasets, list of warning messages)`.
+        `(pipelines.data.Datasets, list of warning messages, the final resolved config)`.
 
     Raises:
         ValueError: a bad source; with `--on-bad-image error`, a folder holding
-            files that cannot be decoded (named).
+            files that cannot be decoded (named); options the data-scaled preset
+            makes invalid (`check_config`).
     """
-    from pipelines.data import load_datasets
+    from pipelines.data.arguments import check_image_size
+    from pipelines.data.loading import batch_splits, read_source
+    from pipelines.training.config import check_config
 
     with collected_data_warnings() as warnings:
-        data = load_datasets(config.dataset, batch_size=config.batch_size,
-                             image_size=config.image_size, data_dir=config.data_dir,
-                             offline=config.offline, augmentation=config.augmentation,
-                             seed=config.seed, deterministic=config.deterministic,
-                             drop_remainder=True, on_bad_image=config.on_bad_image)
-    return data, list(warnings)
+        splits = read_source(config.dataset, image_size=check_image_size(config.image_size),
+                             data_dir=config.data_dir, offline=config.offline,
+                             validation_fraction=VALIDATION_FRACTION, seed=config.seed,
+                             on_bad_image=config.on_bad_image)
+    if requested is not None and config.preset_needs_data:
+        # The checkpoint's image size (`--init`) was filled in after the first resolution.
+        config = dataclasses.replace(requested, image_size=config.image_size).resolved(
+            splits.info)
+        check_config(config)
+    data = batch_splits(splits, batch_size=config.batch_size, augmentation=config.augmentation,
+                        seed=config.seed, deterministic=config.deterministic,
+                        drop_remainder=True)
+    return data, list(warnings), config
 
 
 def load_plain_train(config):
@@ -88,7 +107,8 @@ def load_plain_train(config):
     with collected_data_warnings():
         plain = load_datasets(config.dataset, batch_size=1024, image_size=config.image_size,
                               data_dir=config.data_dir, offline=True, augment=False,
-                              seed=config.seed, on_bad_image=config.on_bad_image)
+                              validation_fraction=VALIDATION_FRACTION, seed=config.seed,
+                              on_bad_image=config.on_bad_image)
     return plain.train
 
 

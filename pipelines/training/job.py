@@ -1,7 +1,9 @@
 """`train(config)`: the whole training job, phase by phase, timed.
 
 checks (options, `--init` checkpoint, run folder) -> data
-(`pipelines.training.data_loading`) -> precision/XLA choice -> ViT (new, or
+(`pipelines.training.data_loading`; a dataset without a named preset gets its
+unset options scaled to the data there, and its run folder is planned then)
+-> precision/XLA choice -> ViT (new, or
 the `--init` checkpoint's) compiled by the recipe and fitted
 (`pipelines.training.fit`) -> test metrics, SVC baseline, plots,
 export (`pipelines.training.evaluation`) -> `metrics.json`.
@@ -26,6 +28,7 @@ from pipelines.training.init_checkpoint import (
     with_checkpoint_image_size,
 )
 from pipelines.training.preflight import check_outputs
+from pipelines.training.presets import describe_preset
 from pipelines.training.run_folder import METRICS, plan_run_dir, prepare_run_dir
 
 
@@ -47,13 +50,17 @@ def _checked_start(config):
     size when `--image-size` is not set.
 
     Returns:
-        `(resolved config, run folder plan)`.
+        `(resolved config, run folder plan)`; the plan is None while the
+        preset waits for the data (`TrainConfig.preset_needs_data`): the
+        folder is planned once the data-scaled options are known.
     """
     config = config.resolved()
     check_config(config)
     if config.init:
         config = with_checkpoint_image_size(config)
     check_outputs(config)
+    if config.preset_needs_data:
+        return config, None
     return config, plan_run_dir(config)  # refuses a finished run or changed options
 
 
@@ -89,7 +96,8 @@ def train(config, log=print):
         if resolved.init:
             resolved = with_checkpoint_image_size(resolved)
         return distributed_job.train_distributed(resolved, log)
-    config, plan = _checked_start(config)
+    requested = config
+    config, plan = _checked_start(requested)
     import keras
 
     from pipelines.precision import choose_precision
@@ -98,12 +106,16 @@ def train(config, log=print):
     phases = Phases()
     # Before any tf.data op: TensorFlow derives op seeds from the global seed.
     keras.utils.set_random_seed(config.seed)
-    data, data_warnings = phases.timed("data", load_run_data, config)
+    data, data_warnings, config = phases.timed("data", load_run_data, config, requested)
     info = data.info
+    if plan is None:  # the data-scaled options are known now; nothing is written yet
+        plan = plan_run_dir(config)
     kwargs = model_kwargs(config, info)
     _check_model(config, info, kwargs)
     for line in describe_data(info, data_warnings):
         log(line)
+    if config.preset_needs_data:
+        log(describe_preset(config, info))
     resumed = prepare_run_dir(config, plan, log)
 
     policy, reason = choose_precision(config.precision)
