@@ -94,9 +94,9 @@ class DecoderSteps:
             length: int. The cache length (most positions decoded).
         """
         positions = ops.arange(length, dtype="int32")
-        # causal[i] (1, 1, L): 0 on keys <= i, MASKED after; gathered per step.
+        # causal[i] (L, 1): 0 on keys <= i, MASKED after; picked per step.
         visible = ops.greater_equal(positions[:, None], positions[None, :])
-        causal = ops.where(visible, 0.0, one_token.MASKED)[:, None, None, :]
+        causal = ops.where(visible, 0.0, one_token.MASKED)[:, :, None]
         # Embedding and its sqrt(d) scale of every token id, run once through the layers.
         embedding = self.scale(self.embedding(ops.arange(self.vocab_size, dtype="int32")))
         return StepContext(
@@ -112,9 +112,9 @@ class DecoderSteps:
             output=one_token.read_output_projection(self.embedding))
 
     def init_cache(self, batch_size, length):
-        """Per block, a zero self-attention cache `(B, 2, H, length, key_dim)` (keys, values)."""
-        return [ops.zeros((batch_size, 2, block.num_heads, length,
-                           block.self_attention.key_dim), dtype=block.compute_dtype)
+        """Per block, a zero self-attention cache `(B, length, 2 * H * key_dim)` (keys, values)."""
+        return [ops.zeros((batch_size, length, 2 * block.num_heads
+                           * block.self_attention.key_dim), dtype=block.compute_dtype)
                 for block in self.blocks]
 
     def step(self, tokens, index, caches, context):
@@ -131,8 +131,9 @@ class DecoderSteps:
         """
         # Indexing, not ops.take: take adds negative-index handling (4 ops on TF).
         x = ops.take(context.embedding, tokens, axis=0) + context.positions[index]
-        write = ops.equal(context.cache_positions, index)  # (L, 1)
-        causal = context.causal[index]  # (1, 1, L)
+        write = ops.cast(ops.equal(context.cache_positions, index), x.dtype)  # (L, 1)
+        write = (write, 1 - write)
+        causal = context.causal[index]  # (L, 1)
         new_caches = []
         for weights, cache, cross in zip(context.blocks, caches, context.cross):
             x, cache = one_token.block_step(weights, x, cache, write, causal, cross,

@@ -16,9 +16,8 @@ float rounding; tests/test_decoding.py checks every step against the full
 model. Mixed precision follows the layers: matmuls in the compute dtype,
 layer norm and softmax in float32.
 
-Self-attention cache layout, per block: `(B, 2, H, L, key_dim)`, keys then
-values, heads before positions so attention is a batched matmul with no
-transpose. Everything is `keras.ops`.
+Self-attention cache layout, per block: `(B, L, 2 * H * key_dim)`, keys then
+values of each position, as the fused projection gives them. Everything is `keras.ops`.
 """
 
 import collections
@@ -146,15 +145,14 @@ def output_logits(x, output):
 
 
 def cross_keys_values(block, memory, memory_mask):
-    """Cross-attention `(transposed keys (B, H, key_dim, S), values (B, H, S, key_dim))`.
+    """Cross-attention `(keys, values)` of `memory`, each `(B, S, H, key_dim)`.
 
     Values of a batch row whose mask hides every source position are zeroed:
     the layer gives such a query a zero attention output, and so does any
     softmax times zero values.
     """
     attention = block.cross_attention
-    keys = ops.transpose(attention.key_dense(memory), (0, 2, 3, 1))
-    values = ops.transpose(attention.value_dense(memory), (0, 2, 1, 3))
+    keys, values = attention.key_dense(memory), attention.value_dense(memory)
     if memory_mask is not None:
         any_visible = ops.any(ops.cast(memory_mask, "bool"), axis=-1)  # (B, 1)
         values = values * ops.cast(any_visible, values.dtype)[:, :, None, None]
@@ -162,25 +160,36 @@ def cross_keys_values(block, memory, memory_mask):
 
 
 def memory_bias(memory_mask):
-    """`(B, 1, 1, S)` float32: 0 where the memory may be attended, `MASKED` elsewhere."""
+    """`(B, S, 1)` float32: 0 where the memory may be attended, `MASKED` elsewhere."""
     if memory_mask is None:
         return None
-    visible = ops.cast(memory_mask, "bool")[:, None]  # (B, 1, 1, S)
+    visible = ops.cast(memory_mask, "bool")[:, 0, :, None]
     return ops.where(visible, 0.0, MASKED)
 
 
-def _attend(query, keys_t, values, bias, dtype):
-    """`(B, H, 1, dk)` attention of one query per head to `keys_t` `(B, H, dk, L)`."""
-    scores = cast_to(ops.matmul(query, keys_t), "float32")  # softmax in float32
+def _softmax_over_keys(scores):
+    """Softmax over axis 1 of float32 `(B, L, H)` scores.
+
+    Spelt out: with one query per head the tensors are tiny, and these five
+    elementwise/reduce ops cost a few microseconds where the fused softmax
+    (oneDNN on CPU) costs tens.
+    """
+    exp = ops.exp(scores - ops.max(scores, axis=1, keepdims=True))
+    return exp / ops.sum(exp, axis=1, keepdims=True)
+
+
+def _attend(query, keys, values, bias, dtype):
+    """One query per head: `(B, 1, H, dk)` against `(B, L, H, dk)` keys/values -> `(B, H, dk)`.
+
+    Multiply-and-sum rather than batched matmuls: a single query is a
+    matrix-vector product (no reuse for a matmul kernel to exploit), and
+    oneDNN's batched matmul costs ~100 us per call at these shapes.
+    """
+    scores = cast_to(ops.sum(query * keys, axis=-1), "float32")  # (B, L, H)
     if bias is not None:
         scores = scores + bias
-    return ops.matmul(cast_to(ops.softmax(scores, axis=-1), dtype), values)
-
-
-def _heads(x, weights, parts=None):
-    """`(B, H * dk)` -> `(B, H, 1, dk)`; with `parts`: `(B, parts * H * dk)` -> `(B, parts, H, 1, dk)`."""
-    shape = (-1, weights.heads, 1, weights.key_dim)
-    return ops.reshape(x, shape if parts is None else (-1, parts) + shape[1:])
+    weights = cast_to(_softmax_over_keys(scores), dtype)
+    return ops.sum(weights[..., None] * values, axis=1)
 
 
 def _residual(weights, index, x, sublayer):
@@ -196,11 +205,12 @@ def block_step(weights, x, cache, write, causal, cross, cross_bias):
     Args:
         weights: `BlockWeights`.
         x: `(B, D)` the block's input at the current position.
-        cache: `(B, 2, H, L, dk)` self-attention keys and values so far.
-        write: `(L, 1)` bool, `True` at the current position.
-        causal: `(1, 1, L)` float32 bias, `MASKED` after the current position.
+        cache: `(B, L, 2 * H * dk)` self-attention keys then values so far.
+        write: `(write, keep)`, each `(L, 1)` in the compute dtype: 1 and 0 at
+            the current position, 0 and 1 elsewhere.
+        causal: `(L, 1)` float32 bias, `MASKED` after the current position.
         cross: `(keys, values)` from `cross_keys_values`.
-        cross_bias: `(B, 1, 1, S)` from `memory_bias`, or None.
+        cross_bias: `(B, S, 1)` from `memory_bias`, or None.
 
     Returns:
         `(x (B, D), cache)`.
@@ -210,15 +220,20 @@ def block_step(weights, x, cache, write, causal, cross, cross_bias):
     width = weights.heads * weights.key_dim
 
     def self_attend(h):
-        # Slices of one (B, 3, H, 1, dk) view: no split-size arithmetic in the graph.
-        qkv = _heads(_affine(h, weights.qkv), weights, 3)
-        state["cache"] = ops.where(write, qkv[:, 1:], cache)
-        keys, values = ops.unstack(state["cache"], 2, axis=1)
-        out = _attend(qkv[:, 0], ops.swapaxes(keys, -1, -2), values, causal, dtype)
+        qkv = _affine(h, weights.qkv)
+        # cache * keep + new * write, not a select: TensorFlow's broadcasting select
+        # costs ~50 us here, the multiplies ~2 us; exact, as keep and write are 0/1.
+        state["cache"] = cache * write[1] + qkv[:, None, width:] * write[0]
+        keys, values = ops.unstack(ops.reshape(state["cache"], (-1, cache.shape[1], 2,
+                                                                weights.heads, weights.key_dim)),
+                                   2, axis=2)
+        query = ops.reshape(qkv[:, :width], (-1, 1, weights.heads, weights.key_dim))
+        out = _attend(query, keys, values, causal, dtype)
         return _affine(ops.reshape(out, (-1, width)), weights.self_out)
 
     def cross_attend(h):
-        query = _heads(_affine(h, weights.cross_query), weights)
+        query = ops.reshape(_affine(h, weights.cross_query),
+                            (-1, 1, weights.heads, weights.key_dim))
         out = _attend(query, cross[0], cross[1], cross_bias, dtype)
         return _affine(ops.reshape(out, (-1, width)), weights.cross_out)
 
