@@ -120,9 +120,9 @@ def test_cached_steps_equal_full_prefix_logits(kind):
     prefix[:, 0] = START
     full = np.asarray(model([source, prefix]))
     memory, mask = steps.encode(source)
-    cross, caches = steps.cross_attention_cache(memory), steps.init_cache(3, length)
+    context, caches = steps.context(memory, mask, length), steps.init_cache(3, length)
     for index in range(length):
-        logits, caches = steps.step(prefix[:, index], index, caches, cross, mask)
+        logits, caches = steps.step(prefix[:, index], index, caches, context)
         assert logits.dtype == "float32"
         np.testing.assert_allclose(np.asarray(logits), full[:, index], atol=2e-5, rtol=1e-5)
         uncached = steps.prefix_logits(memory, mask, prefix[:, : index + 1])
@@ -338,7 +338,7 @@ def test_mixed_precision_decoding_gives_float32_scores():
     steps = DecoderSteps(model)
     memory, mask = steps.encode(source)
     logits, _ = steps.step(np.full(3, START), 0, steps.init_cache(3, 4),
-                           steps.cross_attention_cache(memory), mask)
+                           steps.context(memory, mask, 4))
     full = np.asarray(model([source, np.full((3, 1), START, "int32")]))[:, 0]
     assert logits.dtype == "float32"
     np.testing.assert_allclose(np.asarray(logits), full, atol=0.1)

@@ -4,7 +4,8 @@
 `XlaDynamicUpdateSlice`: an XLA-only op that a stock TF Serving model server
 does not have, so a SavedModel decoding with it could not be served. The
 decoding loops and the attention key/value cache write through `write_slice`
-instead: a gather of the update rows and a select, both core ops on every
+instead: a select between `x` and the update broadcast along `axis` (plus a
+gather of the update rows when there are several), core ops on every
 backend. Each write touches the whole axis (O(length)), which for decoder
 caches of tens to hundreds of positions is small next to the attention itself.
 """
@@ -32,9 +33,13 @@ def write_slice(x, start, updates, axis):
     """
     length = ops.shape(x)[axis]
     count = ops.shape(updates)[axis]
-    offset = ops.arange(length, dtype="int32") - ops.cast(start, "int32")
-    inside = ops.logical_and(ops.greater_equal(offset, 0), ops.less(offset, count))
-    rows = ops.take(updates, ops.clip(offset, 0, count - 1), axis=axis)
     shape = [1] * len(x.shape)
     shape[axis] = length
-    return ops.where(ops.reshape(inside, shape), ops.cast(rows, x.dtype), x)
+    positions = ops.reshape(ops.arange(length, dtype="int32"), shape)
+    if count == 1:
+        # One position (a decoding step): the update broadcasts along `axis`, no gather.
+        return ops.where(ops.equal(positions, ops.cast(start, "int32")), ops.cast(updates, x.dtype), x)
+    offset = positions - ops.cast(start, "int32")
+    inside = ops.logical_and(ops.greater_equal(offset, 0), ops.less(offset, count))
+    rows = ops.take(updates, ops.clip(ops.reshape(offset, (-1,)), 0, count - 1), axis=axis)
+    return ops.where(inside, ops.cast(rows, x.dtype), x)

@@ -5,24 +5,34 @@
 see `keras_vit.models.transformer`) and exposes the pieces a decoding loop needs:
 
 * `encode(inputs)` -> `(memory, memory_mask)`: the encoder, run once;
-* `cross_attention_cache(memory)`: every decoder block's cross-attention keys and
-  values of the memory, projected once instead of at every step;
-* `init_cache(batch)`: zero self-attention caches, one per block;
-* `step(tokens, index, caches, cross, memory_mask)`: logits for the next token
-  from the token at position `index`, and the updated caches;
+* `context(memory, memory_mask, length)`: everything a step needs that does not
+  change from step to step, computed once before the loop: the decoder's
+  weights read and fused (`keras_vit.models.one_token`), every block's
+  cross-attention keys and values of the memory, the masks;
+* `init_cache(batch, length)`: zero self-attention caches, one per block;
+* `step(tokens, index, caches, context)`: logits for the next token from the
+  token at position `index`, and the updated caches;
 * `prefix_logits(memory, memory_mask, prefix)`: the same logits recomputed for
-  a whole prefix without caches (the reference, and the slow baseline).
+  a whole prefix through the layers, without caches (the reference, and the
+  slow baseline).
 
-Everything is `keras.ops` (runs under `tf.function` and on JAX) and shares the
-model's layers and weights.
+Everything is `keras.ops` (runs under `tf.function` and on JAX) and uses the
+model's own weights.
 """
 
+import collections
 import weakref
 
 import keras
 from keras import ops
 
+from keras_vit.models import one_token
 from keras_vit.models.transformer import ENCODER_OUTPUTS, SOURCE_MASK
+
+#: What `DecoderSteps.context` computes once per decode call.
+StepContext = collections.namedtuple("StepContext", [
+    "blocks", "cross", "cross_bias", "embedding", "positions", "cache_positions", "causal",
+    "final_norm", "output"])
 
 
 def _optional_layer(model, name):
@@ -30,33 +40,6 @@ def _optional_layer(model, name):
         return model.get_layer(name)
     except ValueError:
         return None
-
-
-def _residual(block, norm, x, sublayer):
-    """The block's residual wiring at inference (no dropout): pre- or post-norm."""
-    if block.norm_first:
-        return x + sublayer(norm(x))
-    return norm(x + sublayer(x))
-
-
-def _block_step(block, x, cache, index, cross_kv, memory_mask):
-    """One `TransformerDecoderBlock` on a `(B, 1, D)` step, given the projected memory."""
-    state = {}
-
-    def self_attend(h):
-        output, state["cache"] = block.self_attention.call_with_cache(h, cache, index)
-        return output
-
-    def cross_attend(h):
-        attention = block.cross_attention
-        output, _ = attention.attend(attention.query_dense(h), cross_kv[0], cross_kv[1],
-                                     memory_mask)
-        return attention.output_dense(output)
-
-    x = _residual(block, block.norm1, x, self_attend)
-    x = _residual(block, block.norm2, x, cross_attend)
-    x = _residual(block, block.norm3, x, block.mlp)
-    return x, state["cache"]
 
 
 class DecoderSteps:
@@ -68,8 +51,8 @@ class DecoderSteps:
     Example:
     >>> steps = DecoderSteps(model)
     >>> memory, mask = steps.encode(source)
-    >>> cross, caches = steps.cross_attention_cache(memory), steps.init_cache(batch, 10)
-    >>> logits, caches = steps.step(start_tokens, 0, caches, cross, mask)
+    >>> context, caches = steps.context(memory, mask, 10), steps.init_cache(batch, 10)
+    >>> logits, caches = steps.step(start_tokens, 0, caches, context)
     """
 
     def __init__(self, model):
@@ -99,40 +82,71 @@ class DecoderSteps:
             return outputs[0], outputs[1]
         return (outputs[0] if isinstance(outputs, (list, tuple)) else outputs), None
 
-    def cross_attention_cache(self, memory):
-        """Per block, the cross-attention `(keys, values)`, each `(B, S, H, key_dim)`."""
-        return [(block.cross_attention.key_dense(memory), block.cross_attention.value_dense(memory))
-                for block in self.blocks]
+    def context(self, memory, memory_mask, length):
+        """A `StepContext` for `step`: what stays the same at every step, computed once.
+
+        Reads the decoder's current weights (call it once per decode, inside
+        the traced function, so later weight updates are seen).
+
+        Args:
+            memory: `(B, S, D)` from `encode`.
+            memory_mask: `(B, 1, S)` bool from `encode`, or None.
+            length: int. The cache length (most positions decoded).
+        """
+        positions = ops.arange(length, dtype="int32")
+        # causal[i] (L, 1): 0 on keys <= i, MASKED after; picked per step.
+        visible = ops.greater_equal(positions[:, None], positions[None, :])
+        causal = ops.where(visible, 0.0, one_token.MASKED)[:, :, None]
+        # Embedding and its sqrt(d) scale of every token id, run once through the layers.
+        embedding = self.scale(self.embedding(ops.arange(self.vocab_size, dtype="int32")))
+        return StepContext(
+            blocks=[one_token.read_block(block) for block in self.blocks],
+            cross=[one_token.cross_keys_values(block, memory, memory_mask)
+                   for block in self.blocks],
+            cross_bias=one_token.memory_bias(memory_mask),
+            embedding=embedding,
+            positions=one_token.cast_to(self.position.table[:length], embedding.dtype),
+            cache_positions=positions[:, None], causal=ops.cast(causal, "float32"),
+            final_norm=(None if self.final_norm is None
+                        else one_token.read_norm(self.final_norm)),
+            output=one_token.read_output_projection(self.embedding))
 
     def init_cache(self, batch_size, length):
-        """Per block, a zero self-attention cache `(B, 2, length, H, key_dim)`."""
-        return [block.init_cache(batch_size, length) for block in self.blocks]
+        """Per block, a zero self-attention cache `(B, length, 2 * H * key_dim)` (keys, values)."""
+        return [ops.zeros((batch_size, length, 2 * block.num_heads
+                           * block.self_attention.key_dim), dtype=block.compute_dtype)
+                for block in self.blocks]
+
+    def step(self, tokens, index, caches, context):
+        """Next-token logits for decoder position `index`.
+
+        Args:
+            tokens: int `(B,)`: the decoder input at position `index`.
+            index: int or scalar int32 tensor: the position, `< cache length`.
+            caches: list from `init_cache` or the previous step.
+            context: the `StepContext` from `context`.
+
+        Returns:
+            `(logits (B, V) float32, new caches)`.
+        """
+        # Indexing, not ops.take: take adds negative-index handling (4 ops on TF).
+        x = ops.take(context.embedding, tokens, axis=0) + context.positions[index]
+        write = ops.cast(ops.equal(context.cache_positions, index), x.dtype)  # (L, 1)
+        write = (write, 1 - write)
+        causal = context.causal[index]  # (L, 1)
+        new_caches = []
+        for weights, cache, cross in zip(context.blocks, caches, context.cross):
+            x, cache = one_token.block_step(weights, x, cache, write, causal, cross,
+                                            context.cross_bias)
+            new_caches.append(cache)
+        if context.final_norm is not None:
+            x = one_token.layer_norm(x, context.final_norm)
+        return one_token.output_logits(x, context.output), new_caches
 
     def _logits(self, x):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return ops.cast(self.embedding(x, reverse=True), "float32")
-
-    def step(self, tokens, index, caches, cross, memory_mask):
-        """Next-token logits for decoder position `index`.
-
-        Args:
-            tokens: int `(B,)`: the decoder input at position `index`.
-            index: int or scalar tensor: the position, `< cache length`.
-            caches: list from `init_cache` or the previous step.
-            cross: list from `cross_attention_cache`.
-            memory_mask: `(B, 1, S)` bool or None.
-
-        Returns:
-            `(logits (B, V) float32, new caches)`.
-        """
-        x = self.scale(self.embedding(ops.expand_dims(ops.cast(tokens, "int32"), 1)))
-        x = x + ops.cast(ops.take(self.position.table, index, axis=0), x.dtype)
-        new_caches = []
-        for block, cache, cross_kv in zip(self.blocks, caches, cross):
-            x, cache = _block_step(block, x, cache, index, cross_kv, memory_mask)
-            new_caches.append(cache)
-        return self._logits(x)[:, 0], new_caches
 
     def prefix_logits(self, memory, memory_mask, prefix):
         """Logits `(B, T, V)` for every position of `prefix` `(B, T)`, without caches."""

@@ -44,14 +44,17 @@ def _forbidden_penalty(vocab_size, pad_id, start_id, end_id):
     return ops.convert_to_tensor(penalty)
 
 
-def _prepare(model, inputs, copies=1):
-    """Encoder memory, its mask and cross-attention keys/values, each row repeated `copies`×."""
+def _prepare(model, inputs, max_length, copies=1):
+    """The `DecoderSteps`, its `StepContext` for `max_length` steps and the batch size.
+
+    The encoder's memory and mask are repeated `copies` times per row (beams).
+    """
     steps = decoder_steps(model)
     memory, mask = steps.encode(inputs)
     if copies > 1:
         memory = ops.repeat(memory, copies, axis=0)
         mask = None if mask is None else ops.repeat(mask, copies, axis=0)
-    return steps, mask, steps.cross_attention_cache(memory), ops.shape(memory)[0]
+    return steps, steps.context(memory, mask, max_length), ops.shape(memory)[0]
 
 
 def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0):
@@ -73,7 +76,7 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0)
     """
     steps = decoder_steps(model)
     max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
-    steps, mask, cross, batch = _prepare(model, inputs)
+    steps, context, batch = _prepare(model, inputs, max_length)
     penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
 
     def cond(index, current, tokens, finished, scores, caches):
@@ -81,12 +84,12 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0)
                                ops.logical_not(ops.all(finished)))
 
     def body(index, current, tokens, finished, scores, caches):
-        logits, caches = steps.step(current, index, caches, cross, mask)
+        logits, caches = steps.step(current, index, caches, context)
         log_probs = ops.log_softmax(logits + penalty, axis=-1)
-        chosen = ops.cast(ops.argmax(log_probs, axis=-1), "int32")
-        chosen = ops.where(finished, ops.full_like(chosen, pad_id), chosen)
-        gained = ops.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
-        scores = scores + ops.where(finished, ops.zeros_like(gained), gained)
+        # One op for the best token (the first on ties, as argmax) and its log-probability.
+        best, chosen = ops.top_k(log_probs, 1)
+        chosen = ops.where(finished, pad_id, ops.cast(chosen[:, 0], "int32"))
+        scores = scores + ops.where(finished, 0.0, best[:, 0])
         tokens = write_slice(tokens, index, chosen[:, None], axis=1)  # servable, see updates.py
         finished = ops.logical_or(finished, ops.equal(chosen, end_id))
         return index + 1, chosen, tokens, finished, scores, caches
@@ -177,7 +180,7 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
     _check_beam_options(beam_width, length_penalty)
     steps = decoder_steps(model)
     max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
-    steps, mask, cross, flat_batch = _prepare(model, inputs, beam_width)
+    steps, context, flat_batch = _prepare(model, inputs, max_length, beam_width)
     batch = flat_batch // beam_width
     penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
 
@@ -186,7 +189,7 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
                                ops.logical_not(ops.all(finished)))
 
     def body(index, current, tokens, raw, finished, lengths, caches):
-        logits, caches = steps.step(current, index, caches, cross, mask)
+        logits, caches = steps.step(current, index, caches, context)
         log_probs = ops.log_softmax(logits + penalty, axis=-1)
         log_probs = ops.reshape(log_probs, (batch, beam_width, steps.vocab_size))
         beams, chosen, raw, lengths = _expand_beams(log_probs, (raw, finished, lengths), index,
