@@ -213,7 +213,7 @@ def test_offline_refuses_a_dataset_that_needs_a_download(tmp_path):
     assert code == 2
     line = one_error_line(err)
     assert f"source 'mnist' is not prepared in {data_dir}" in line
-    assert "--offline forbids downloading it" in line
+    assert "--offline (offline=True) forbids downloading it" in line
     assert guard.attempts == [] and not run_dir.exists()
     assert not any(path.is_file() for path in data_dir.rglob("*"))  # nothing fetched
 

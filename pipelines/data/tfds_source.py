@@ -52,8 +52,8 @@ def tfds_splits(name, source, image_size, data_dir, offline, validation_fraction
     Returns:
         `SourceSplits` of uint8 (or resized float32) images and int32 labels.
     """
-    builder = _tfds_builder(name, source, data_dir)
-    _ensure_prepared(builder, source, data_dir, offline)
+    builder = tfds_builder(name, source, data_dir)
+    ensure_prepared(builder, source, data_dir, offline)
     info = builder.info
     image_key, label_key = _supervised_keys(info, source)
     native = tuple(info.features[image_key].shape)
@@ -100,7 +100,13 @@ def tfds_splits(name, source, image_size, data_dir, offline, validation_fraction
     )
 
 
-def _tfds_builder(name, source, data_dir):
+def tfds_builder(name, source, data_dir):
+    """`tfds.builder(name)`, any failure to find it raised as one ValueError naming `source`.
+
+    Example:
+        >>> tfds_builder("mnist", "mnist:3.0.1", "~/tfds").name
+        'mnist'
+    """
     try:
         return tfds.builder(name, data_dir=data_dir)
     except (ValueError, AssertionError, tfds.core.registered.DatasetNotFoundError) as err:
@@ -108,14 +114,21 @@ def _tfds_builder(name, source, data_dir):
         raise ValueError(f"cannot load tensorflow-datasets source {source!r}: {err}") from err
 
 
-def _ensure_prepared(builder, source, data_dir, offline):
-    """Downloads and prepares the dataset, or fails clearly when offline."""
+def ensure_prepared(builder, source, data_dir, offline):
+    """Downloads and prepares the dataset, or fails clearly when offline.
+
+    Builders that need no download (the embedded digits sets) are prepared
+    even offline.
+
+    Example:
+        >>> ensure_prepared(tfds_builder("mnist", "mnist", None), "mnist", None, offline=True)
+    """
     if builder.is_prepared():
         return
     if offline and getattr(builder, "REQUIRES_DOWNLOAD", True):
         where = data_dir or "the default tfds data dir (~/tensorflow_datasets)"
         raise ValueError(
-            f"source {source!r} is not prepared in {where} and offline=True forbids "
+            f"source {source!r} is not prepared in {where} and --offline (offline=True) forbids "
             f"downloading it: prepare it once with network (e.g. `tfds build "
             f"{builder.name} --data_dir {data_dir or '~/tensorflow_datasets'}`) or pass "
             "the data_dir where it is prepared"

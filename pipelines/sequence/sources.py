@@ -111,16 +111,10 @@ def read_tfds(name, data_dir, offline, seed):
     import tensorflow_datasets as tfds
 
     import pipelines.data.digit_strings  # noqa: F401  (registers digit_strings)
+    from pipelines.data.tfds_source import ensure_prepared, tfds_builder
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except (ValueError, AssertionError, tfds.core.registered.DatasetNotFoundError) as error:
-        raise ValueError(f"cannot load tensorflow-datasets source {name!r}: {error}") from None
-    if not builder.is_prepared():
-        if offline and getattr(builder, "REQUIRES_DOWNLOAD", True):
-            raise ValueError(f"source {name!r} is not prepared in {data_dir or '~/tensorflow_datasets'}"
-                             " and --offline forbids downloading it")
-        builder.download_and_prepare()
+    builder = tfds_builder(name, name, data_dir)
+    ensure_prepared(builder, name, data_dir, offline)
     keys = builder.info.supervised_keys or (None, None)
     features = builder.info.features
     if len(keys) != 2 or not (isinstance(features[keys[0]], tfds.features.Image)
