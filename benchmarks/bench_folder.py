@@ -22,7 +22,6 @@ whole path; its figures are printed, never judged.
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -38,14 +37,9 @@ def run_folder_job(folder, run_dir, extra_args=()):
     """Runs `keras-vit train` on `folder`; returns `(metrics.json, process wall seconds)`."""
     command = [sys.executable, "-m", "pipelines.cli", "train", "--dataset", str(folder),
                "--output-dir", str(run_dir), "--no-export", "--verbose", "0", *extra_args]
-    with common.Stopwatch() as wall:
-        completed = subprocess.run(command, cwd=common.REPO_ROOT, capture_output=True,
-                                   text=True, check=False, timeout=7200)
-    if completed.returncode != 0:
-        raise RuntimeError(f"training job exited {completed.returncode}: "
-                           f"{completed.stderr[-2000:]}")
+    wall_seconds = common.run_job(command)
     with open(os.path.join(run_dir, "metrics.json")) as handle:
-        return json.load(handle), wall.seconds
+        return json.load(handle), wall_seconds
 
 
 def judge(metrics, wall_seconds):

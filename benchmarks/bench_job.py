@@ -22,7 +22,6 @@ the full default job on 2 cores).
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -36,17 +35,12 @@ def run_probed_job(precision, epochs, directory, extra_args=()):
     command = [sys.executable, "-m", "benchmarks.train_probe", out, "--",
                "--epochs", str(epochs), "--no-export", "--no-baseline", "--verbose", "0",
                "--precision", precision, "--output-dir", run_dir, *extra_args]
-    with common.Stopwatch() as wall:
-        completed = subprocess.run(command, cwd=common.REPO_ROOT, capture_output=True,
-                                   text=True, check=False, timeout=7200)
-    if completed.returncode != 0:
-        raise RuntimeError(f"training job exited {completed.returncode}: "
-                           f"{completed.stderr[-2000:]}")
+    wall_seconds = common.run_job(command)
     with open(out) as handle:
         probe = json.load(handle)
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
-    return probe, metrics, wall.seconds
+    return probe, metrics, wall_seconds
 
 
 def epoch_breakdown(probe):

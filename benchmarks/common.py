@@ -324,3 +324,27 @@ class Stopwatch:
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
         return False
+
+
+def run_job(command, timeout=7200):
+    """Runs a training-job command line from the repository root; returns its wall seconds.
+
+    Args:
+        command: argv list.
+        timeout: seconds before it is killed.
+
+    Raises:
+        RuntimeError: the job exited non-zero (its stderr tail in the message).
+
+    Example:
+    >>> seconds = run_job([sys.executable, "-m", "pipelines.cli", "train", "--epochs", "1"])
+    """
+    import subprocess
+
+    with Stopwatch() as wall:
+        completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                                   check=False, timeout=timeout)
+    if completed.returncode != 0:
+        raise RuntimeError(f"training job exited {completed.returncode}: "
+                           f"{completed.stderr[-2000:]}")
+    return wall.seconds

@@ -25,12 +25,7 @@ PAD, START, END = 0, 1, 2
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    keras.utils.set_random_seed(0)
-    yield
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("seeded_keras")
 
 
 def text_model(vocab=11, max_length=8, norm_first=True, tie=False, layers=2):

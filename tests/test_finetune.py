@@ -32,11 +32,7 @@ RUNTIME = ["--precision", "float32", "--no-xla", "--verbose", "0", "--epochs", "
            "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    yield
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("restore_dtype_policy")
 
 
 @pytest.fixture(scope="module")

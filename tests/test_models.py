@@ -35,12 +35,7 @@ VIT_B16_IMAGENET_PARAMETERS = 86_567_656  # timm / the paper's ViT-B/16, 224x224
 TINY = dict(hidden_dim=16, depth=2, num_heads=2, mlp_dim=32)
 
 
-@pytest.fixture(autouse=True)
-def _restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    keras.utils.set_random_seed(0)
-    yield
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("seeded_keras")
 
 
 # ----------------------------------------------------------------------- helpers

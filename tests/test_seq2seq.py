@@ -26,12 +26,7 @@ TINY = dict(num_layers=2, hidden_dim=16, num_heads=2, mlp_dim=32, max_length=8)
 TINY_VIT = dict(hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
 
 
-@pytest.fixture(autouse=True)
-def _restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    keras.utils.set_random_seed(0)
-    yield
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("seeded_keras")
 
 
 def random_tokens(shape, vocab, seed=0, low=3):

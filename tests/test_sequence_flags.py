@@ -130,11 +130,7 @@ def interrupt_at(patch, hook, epoch=None, seen=None):
     patch.setattr("pipelines.sequence.fit.epoch_timer", interrupting_timer)
 
 
-@pytest.fixture(autouse=True)
-def _restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    yield
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("restore_dtype_policy")
 
 
 @pytest.fixture(scope="module")

@@ -84,11 +84,7 @@ def run_main(argv):
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(autouse=True)
-def _restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    yield
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("restore_dtype_policy")
 
 
 # ------------------------------------------------------------ end to end (export on)

@@ -6,7 +6,6 @@ Tiny ViTs on tiny PNG folders the tests write; XLA off, float32, no export.
 import json
 import logging
 
-import keras
 import pytest
 from PIL import Image
 
@@ -17,11 +16,7 @@ from tests.test_train import run_main, tiny_flags
 PER_CLASS = 10
 
 
-@pytest.fixture(autouse=True)
-def _restore_dtype_policy():
-    policy = keras.config.dtype_policy()
-    yield
-    keras.config.set_dtype_policy(policy)
+pytestmark = pytest.mark.usefixtures("restore_dtype_policy")
 
 
 @pytest.fixture()
