@@ -14,6 +14,7 @@ True
 from keras_vit.layers.pooling import POOLING_MODES as POOLINGS
 from keras_vit.models.vit import POSITION_EMBEDDINGS
 from pipelines.data import AUGMENTATIONS, BAD_IMAGE_POLICIES
+from pipelines.data.options import SEQUENCE_AUGMENTATIONS
 from pipelines.distribute import STRATEGIES
 from pipelines.precision import PRECISIONS
 
@@ -30,4 +31,5 @@ VERBOSITY = (0, 1, 2)
 DEFAULT_DATASET = "digits"
 
 __all__ = ["AUGMENTATIONS", "BAD_IMAGE_POLICIES", "DEFAULT_DATASET", "POOLINGS",
-           "POSITION_EMBEDDINGS", "PRECISIONS", "STRATEGIES", "TUNERS", "VERBOSITY"]
+           "POSITION_EMBEDDINGS", "PRECISIONS", "SEQUENCE_AUGMENTATIONS", "STRATEGIES", "TUNERS",
+           "VERBOSITY"]

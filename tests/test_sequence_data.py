@@ -274,3 +274,45 @@ def test_variant_patch_or_flag_overrides_the_strip_default():
     assert model_kwargs(SequenceConfig(variant="Ti/8").resolved(), info)["patch_size"] is None
     assert model_kwargs(SequenceConfig(patch_size=(8, 4)).resolved(), info)["patch_size"] == (
         8, 4)
+
+
+def _pad_crops(image, pad):
+    """Every image a pad-then-crop-back of `image` (H, W, C) by up to `pad` pixels can give."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    return [padded[dy:dy + height, dx:dx + width]
+            for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+
+
+def test_crop_augmentation_shifts_training_images_only(tmp_path):
+    from pipelines.sequence.data import load_sequence_data
+
+    written = write_folder_dataset(tmp_path / "plates", sizes=(12, 4, 4))
+    plain = load_sequence_data(str(tmp_path / "plates"), batch_size=12, max_length=8)
+    shifted = load_sequence_data(str(tmp_path / "plates"), batch_size=12, max_length=8,
+                                 augmentation="crop", seed=3)
+    originals = {}  # text -> its source images (short texts can repeat)
+    for name, text in written["train"]:
+        image = np.asarray(Image.open(tmp_path / "plates" / "train" / name))[..., None]
+        originals.setdefault(text, []).append(image.astype(np.float32))
+    (images, _), targets, _ = next(iter(shifted.train))
+    texts = [shifted.info.vocab.decode(row) for row in np.argmax(targets.numpy(), axis=-1)]
+    pad = max(1, 16 // 8)  # the classifier's rule: min(height, width) // 8
+    moved = 0
+    for image, text in zip(images.numpy(), texts):
+        # Each training image is one of the pad-and-crop shifts of its own source image.
+        crops = [crop for source in originals[text] for crop in _pad_crops(source, pad)]
+        assert any(np.array_equal(image, crop) for crop in crops), text
+        moved += not any(np.array_equal(image, source) for source in originals[text])
+    assert moved > 0
+    for split in ("validation", "test"):  # never augmented
+        a_images = np.concatenate([x.numpy() for (x, _), _, _ in getattr(plain, split)])
+        b_images = np.concatenate([x.numpy() for (x, _), _, _ in getattr(shifted, split)])
+        np.testing.assert_array_equal(a_images, b_images)
+
+
+def test_flip_is_no_sequence_augmentation():
+    from pipelines.sequence.config import SequenceConfig, check_sequence_config
+
+    with pytest.raises(ValueError, match=r"--augmentation must be one of .*'crop_flip'"):
+        check_sequence_config(SequenceConfig(augmentation="crop_flip").resolved())

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 
 TINY = ["--hidden-dim", "32", "--depth", "1", "--num-heads", "2", "--mlp-dim", "64",
         "--decoder-layers", "1", "--batch-size", "16", "--learning-rate", "3e-3",
-        "--verbose", "0"]
+        "--augmentation", "crop", "--verbose", "0"]
 #: Flags of the interrupted run that differ from the defaults, and their values.
 RECIPE = {"dropout": 0.2, "weight_decay": 0.02, "warmup_fraction": 0.5,
           "label_smoothing": 0.05, "clipnorm": 0.5, "seed": 5}
@@ -218,12 +218,14 @@ def test_offline_refuses_a_dataset_that_needs_a_download(tmp_path):
 def test_changed_options_or_data_are_refused_without_restart(interrupted, tmp_path):
     run_dir = copy_of(interrupted, tmp_path)
     argv = with_flag(interrupted["argv"], "--output-dir", str(run_dir))
-    changed = with_flag(with_flag(argv, "--depth", "2"), "--dropout", "0.3")
+    changed = with_flag(with_flag(with_flag(argv, "--depth", "2"), "--dropout", "0.3"),
+                        "--augmentation", "affine")
     code, _, err = run_train(changed)
     assert code == 2
     line = one_error_line(err)
     assert f"cannot resume the interrupted run in {run_dir}" in line
     assert "--depth 2 (run: 1)" in line and "--dropout 0.3 (run: 0.2)" in line
+    assert "--augmentation 'affine' (run: 'crop')" in line
     assert "--restart" in line and "--seed" not in line
     assert checksums(run_dir) == interrupted["checksums"] and not moved_aside(run_dir)
 

@@ -16,6 +16,8 @@ FOLDER_PREFIX = "folder:"
 
 #: Training augmentations accepted by `load_datasets(augmentation=...)`.
 AUGMENTATIONS = ("none", "flip", "crop", "crop_flip", "affine")
+#: Text in images is not mirror-symmetric: the sequence task never flips.
+SEQUENCE_AUGMENTATIONS = ("none", "crop", "affine")
 
 #: What `load_datasets(on_bad_image=...)` does with an image folder file that cannot
 #: be decoded: "error" raises a ValueError naming it before anything trains, "skip"

@@ -18,6 +18,7 @@ from pipelines.cli_args import HelpFormatter, add_export_arguments, image_size
 from pipelines.options import (
     POSITION_EMBEDDINGS,
     PRECISIONS,
+    SEQUENCE_AUGMENTATIONS,
     TASKS,  # noqa: E402  (defined once, for every CLI)
 )
 from pipelines.sequence.config import SEQUENCE_PRESET, STRIP_WIDTH, SequenceConfig
@@ -78,6 +79,9 @@ def _add_data_and_model(parser):
     data.add_argument("--image-size", type=image_size,
                       help="resize folder images to HEIGHT,WIDTH (default: all must share "
                            "one size)")
+    data.add_argument("--augmentation", choices=SEQUENCE_AUGMENTATIONS,
+                      help="training-image augmentation: crop (shifts) or affine (rotation/zoom "
+                           "+ shifts); default: the preset's (none)")
     data.add_argument("--max-length", type=int,
                       help="longest output in tokens: the longest label plus its end token")
     model = parser.add_argument_group("model")

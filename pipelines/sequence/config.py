@@ -17,6 +17,7 @@ from keras_vit.recipe import (
     DEFAULT_WEIGHT_DECAY,
 )
 from pipelines.cli_args import safe_name
+from pipelines.data.options import SEQUENCE_AUGMENTATIONS
 from pipelines.options import PRECISIONS
 from pipelines.sequence.data import (
     DEFAULT_SEQUENCE_DATASET,
@@ -36,13 +37,14 @@ from pipelines.training.config import check_positive_integers, check_recipe
 SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
                    "max_length": 8, "epochs": 30, "batch_size": 64, "learning_rate": 2e-3,
-                   "precision": "float32", "xla": False}
+                   "precision": "float32", "xla": False, "augmentation": "none"}
 
 # Options that decide the model, its data and its training: a killed run resumes
 # only with the same values.
 RUN_DEFINING_OPTIONS = (
     "task", "dataset", "image_size", "max_length", "variant", "patch_size", "hidden_dim",
-    "depth", "num_heads", "mlp_dim", "position_embedding", "decoder_layers", "dropout", "epochs",
+    "depth", "num_heads", "mlp_dim", "position_embedding", "decoder_layers", "dropout",
+    "augmentation", "epochs",
     "batch_size",
     "learning_rate", "weight_decay", "warmup_fraction", "label_smoothing", "clipnorm",
     "precision", "seed")
@@ -75,6 +77,7 @@ class SequenceConfig:
     position_embedding: str = None
     decoder_layers: int = None
     dropout: float = 0.0
+    augmentation: str = None
     epochs: int = None
     batch_size: int = None
     learning_rate: float = None
@@ -169,6 +172,9 @@ def check_sequence_config(config):
             or not 0.0 <= dropout < 1.0:
         raise ValueError(f"--dropout must be a number in [0, 1); received {dropout!r}")
     check_image_size_source(config.dataset, config.image_size)
+    if config.augmentation not in SEQUENCE_AUGMENTATIONS:
+        raise ValueError(f"--augmentation must be one of {SEQUENCE_AUGMENTATIONS} (text is never "
+                         f"flipped); received {config.augmentation!r}")
     if not isinstance(config.length_penalty, (int, float)) or config.length_penalty < 0:
         raise ValueError(f"--length-penalty must be a number >= 0; "
                          f"received {config.length_penalty!r}")

@@ -120,8 +120,15 @@ def teacher_forcing_example(vocab_size):
     return to_example
 
 
-def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, training, seed):
-    """Batched teacher-forcing dataset of one split (training: cached, shuffled, full batches)."""
+def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, training, seed,
+                  augmentation="none"):
+    """Batched teacher-forcing dataset of one split.
+
+    Training: cached, shuffled, augmented (`augmentation`, one of
+    `SEQUENCE_AUGMENTATIONS`: the classifier's `crop` shifts or `affine`
+    rotate/zoom + shifts, fresh every epoch), full batches. Validation and
+    test are never augmented.
+    """
     import tensorflow as tf
 
     dataset = tf.data.Dataset.zip((_images_dataset(split, image_shape),
@@ -129,13 +136,23 @@ def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, traini
     dataset = dataset.map(teacher_forcing_example(vocab_size)).cache()
     if training:
         dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
+    if training and augmentation != "none":
+        from pipelines.data.augmentation import augmenter
+
+        augment = augmenter(augmentation, image_shape)
+        # Per-example stateless seeds from a seeded stream, as the classifier's pipeline.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda example, s: (((augment(example[0][0], s), example[0][1]),) + example[1:]),
+            num_parallel_calls=tf.data.AUTOTUNE)
     # Full training batches only: one batch shape, one (XLA) compile.
     drop = training and len(targets) >= batch_size
     return dataset.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
 
 def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_length,
-                       image_size=None, data_dir=None, offline=False, seed=0):
+                       image_size=None, data_dir=None, offline=False, seed=0,
+                       augmentation="none"):
     """Checked, encoded and batched splits of a sequence source (see the module docstring).
 
     Args:
@@ -145,7 +162,8 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
         max_length: int. Target length: the longest text plus its end token must fit.
         image_size: (height, width) to resize folder images to (None: their one size).
         data_dir, offline: tfds data directory, and no downloads.
-        seed: seeds carving and shuffling.
+        seed: seeds carving, shuffling and augmentation.
+        augmentation: training-split augmentation, one of `SEQUENCE_AUGMENTATIONS`.
 
     Returns:
         `SequenceData`.
@@ -158,7 +176,8 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
     vocab, tokens = encode_splits(raw, max_length)
     shape = raw.image_shape
     pipelines = {role: make_pipeline(raw.splits[role], tokens[role], shape, vocab.size,
-                                     batch_size, training=role == "train", seed=seed)
+                                     batch_size, training=role == "train", seed=seed,
+                                     augmentation=augmentation)
                  for role in ROLES}
     test = raw.splits["test"]
     test_images = np.concatenate(

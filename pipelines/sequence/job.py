@@ -51,7 +51,8 @@ def _load(config):
 
     return load_sequence_data(config.dataset, batch_size=config.batch_size,
                               max_length=config.max_length, image_size=config.image_size,
-                              data_dir=config.data_dir, offline=config.offline, seed=config.seed)
+                              data_dir=config.data_dir, offline=config.offline, seed=config.seed,
+                              augmentation=config.augmentation)
 
 
 def train_sequence(config, log=print):
