@@ -25,25 +25,12 @@ from pipelines.sequence.fit import (
     prepare_sequence_run,
 )
 from pipelines.training.job import Phases
+from pipelines.training.preflight import check_outputs
 from pipelines.training.run_folder import BEST_WEIGHTS, HISTORY_CSV, METRICS
 
 #: Test images shown in the cross-attention figure.
 ATTENTION_EXAMPLES = 4
 ATTENTION_PNG = "cross_attention.png"
-
-
-def check_sequence_outputs(config):
-    """Run folder, model name and export folder usable, before any data is read."""
-    from pipelines.serving.model_info import validate_model_name
-    from pipelines.training.preflight import check_writable
-
-    check_writable(config.output_dir, "--output-dir")
-    if config.export:
-        try:
-            validate_model_name(config.model_name)
-        except ValueError as error:
-            raise ValueError(f"--model-name: {error}") from None
-        check_writable(config.export_dir, "--export-dir")
 
 
 def _load(config):
@@ -68,7 +55,7 @@ def train_sequence(config, log=print):
     """
     config = config.resolved()
     check_sequence_config(config)
-    check_sequence_outputs(config)
+    check_outputs(config)  # the training job's: writable folders, free disk, model name
     plan = plan_sequence_run(config)
     import keras
 

@@ -22,9 +22,7 @@ Example:
 PosixPath('savedmodels/sequence_digit_strings/1')
 """
 
-import json
 import pathlib
-import time
 
 import numpy as np
 
@@ -34,12 +32,10 @@ from pipelines.serving.contract import (
     BYTES_INPUT,
     DEFAULT_CONFIG_BASE_PATH,
     IMAGES_INPUT,
-    METADATA_FILENAME,
-    PIXEL_SCALE,
     SERVING_BYTES,
     SERVING_DEFAULT,
 )
-from pipelines.serving.model_info import compute_dtype_of, validate_model_name
+from pipelines.serving.model_info import validate_model_name
 from pipelines.serving.samples import as_pixel_images
 from pipelines.serving.transaction import (
     MAX_WARMUP_IMAGES,
@@ -164,13 +160,12 @@ def write_sequence_saved_model(model, vocab, export_dir, *, beam_width=4, length
 
 def write_sequence_metadata(export_dir, *, model_name, model, vocab, beam_width, length_penalty):
     """`assets.extra/keras_vit_export.json` (task "sequence") and `assets.extra/vocab.json`."""
-    import keras
-    import tensorflow as tf
+    from pipelines.serving.signatures import common_metadata, write_metadata_file
 
     extra = pathlib.Path(export_dir) / ASSETS_EXTRA
     extra.mkdir(parents=True, exist_ok=True)
     vocab.save(extra / VOCAB_FILENAME)
-    metadata = {
+    return write_metadata_file(export_dir, {
         "task": SEQUENCE_TASK,
         "model_name": model_name,
         "image_shape": list(image_shape_of(model)),
@@ -179,16 +174,8 @@ def write_sequence_metadata(export_dir, *, model_name, model, vocab, beam_width,
         "decoding": {"method": "beam_search", "beam_width": beam_width,
                      "length_penalty": length_penalty},
         "outputs": list(SEQUENCE_OUTPUTS),
-        "pixel_scale": list(PIXEL_SCALE),
-        "signatures": {SERVING_DEFAULT: IMAGES_INPUT, SERVING_BYTES: BYTES_INPUT},
-        "compute_dtype": compute_dtype_of(model),
-        "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    path = extra / METADATA_FILENAME
-    path.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-    return path
+        **common_metadata(model),
+    }, ensure_ascii=False)
 
 
 def _write_and_check(model, vocab, tmp_dir, model_name, decoding, warmup_images, verify,

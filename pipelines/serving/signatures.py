@@ -171,16 +171,28 @@ def write_metadata(export_dir, *, model_name, model, class_names, top_k):
         >>> write_metadata("/tmp/vit/1", model_name="vit", model=model, class_names=None, top_k=5)
         PosixPath('/tmp/vit/1/assets.extra/keras_vit_export.json')
     """
-    import keras
-    import tensorflow as tf
-
     num_classes = num_classes_of(model)
-    metadata = {
+    return write_metadata_file(export_dir, {
         "model_name": model_name,
         "image_shape": list(image_shape_of(model)),
         "num_classes": num_classes,
         "class_names": check_class_names(class_names, num_classes),
         "top_k": check_top_k(top_k, num_classes),
+        **common_metadata(model),
+    })
+
+
+def common_metadata(model):
+    """The metadata fields every export has: pixel scale, signatures, dtype, versions, time.
+
+    Example:
+        >>> sorted(common_metadata(model))[:2]
+        ['compute_dtype', 'created']
+    """
+    import keras
+    import tensorflow as tf
+
+    return {
         "pixel_scale": list(PIXEL_SCALE),
         "signatures": {SERVING_DEFAULT: IMAGES_INPUT, SERVING_BYTES: BYTES_INPUT},
         "compute_dtype": compute_dtype_of(model),
@@ -188,9 +200,17 @@ def write_metadata(export_dir, *, model_name, model, class_names, top_k):
         "tensorflow_version": tf.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def write_metadata_file(export_dir, metadata, ensure_ascii=True):
+    """Writes `metadata` as `<export_dir>/assets.extra/keras_vit_export.json`; returns its path.
+
+    Example:
+        >>> write_metadata_file("/tmp/vit/1", {"model_name": "vit", **common_metadata(model)})
+    """
     path = pathlib.Path(export_dir) / ASSETS_EXTRA / METADATA_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    path.write_text(json.dumps(metadata, indent=2, ensure_ascii=ensure_ascii) + "\n")
     return path
 
 
