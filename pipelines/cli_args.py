@@ -2,6 +2,8 @@
 
 import argparse
 import os
+import sys
+import traceback
 
 
 def safe_name(text):
@@ -99,3 +101,31 @@ def add_export_arguments(group, default_model_name):
                        help="verify the export in a fresh process")
     group.add_argument("--verbose", type=int, default=1, choices=VERBOSITY,
                        help="Keras fit verbosity (1: progress bar)")
+
+
+def run_training_job(job, config, debug):
+    """Runs `job(config)` the way `keras-vit train` reports it; returns the exit status.
+
+    Bad options or data (`ValueError`, `OSError`) print one line
+    `keras-vit train: error: ...` (plus the traceback with `--debug`) and give 2;
+    Ctrl-C gives 130 with the resume hint; success 0. Both tasks use it.
+
+    Example:
+    >>> sys.exit(run_training_job(train, TrainConfig(**vars(args)), args.debug))
+    """
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # Keras' own progress bar is the one to watch.
+    try:
+        job(config)
+    except (ValueError, OSError) as error:
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split("\n"))
+        print(f"keras-vit train: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("keras-vit train: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 0

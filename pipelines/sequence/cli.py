@@ -12,9 +12,8 @@ Example:
 import argparse
 import sys
 import textwrap
-import traceback
 
-from pipelines.cli_args import HelpFormatter, add_export_arguments, image_size
+from pipelines.cli_args import HelpFormatter, add_export_arguments, image_size, run_training_job
 from pipelines.options import (
     POSITION_EMBEDDINGS,
     PRECISIONS,
@@ -144,21 +143,6 @@ def main(argv=None):
     `keras-vit train: error: ...` and returns 2 before anything is written.
     """
     args = build_parser().parse_args(argv)
-    import tensorflow_datasets as tfds
-
     from pipelines.sequence.job import train_sequence
 
-    tfds.disable_progress_bar()
-    try:
-        train_sequence(SequenceConfig(**vars(args)))
-    except (ValueError, OSError) as error:
-        if args.debug:
-            traceback.print_exc()
-        message = " ".join(str(error).split("\n"))
-        print(f"keras-vit train: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("keras-vit train: interrupted; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_training_job(train_sequence, SequenceConfig(**vars(args)), args.debug)

@@ -5,15 +5,14 @@ Example:
 """
 
 import argparse
-import sys
 import textwrap
-import traceback
 
 from pipelines.cli_args import (
     HelpFormatter,
     add_data_arguments,
     add_export_arguments,
     add_runtime_arguments,
+    run_training_job,
 )
 from pipelines.options import DEFAULT_DATASET, POOLINGS, POSITION_EMBEDDINGS, STRATEGIES
 from pipelines.sequence.cli import add_task_argument, requested_task
@@ -123,21 +122,6 @@ def main(argv=None):
     if requested_task(argv) == "sequence":  # its own options: pipelines.sequence.cli
         return sequence_main(argv)
     args = build_parser().parse_args(argv)
-    import tensorflow_datasets as tfds
-
     from pipelines.training.job import train
 
-    tfds.disable_progress_bar()  # Keras' own progress bar is the one to watch.
-    try:
-        train(TrainConfig(**vars(args)))
-    except (ValueError, OSError) as error:
-        if args.debug:
-            traceback.print_exc()
-        message = " ".join(str(error).split("\n"))
-        print(f"keras-vit train: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("keras-vit train: interrupted; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_training_job(train, TrainConfig(**vars(args)), args.debug)
