@@ -30,11 +30,11 @@ def read_history_csv(path):
     # epoch when resumed: keep the last row of each epoch.
     by_epoch = {row.get("epoch", str(index)): row for index, row in enumerate(rows)}
     rows = [by_epoch[key] for key in sorted(by_epoch, key=float)]
-    history = {}
-    for row in rows:
-        for key, value in row.items():
-            history.setdefault(key, []).append(float(value))
-    return history
+    # CSVLogger always writes val_* columns, "NA" in a fit without validation
+    # (`--fit-on train+validation`): such columns are left out.
+    columns = [key for key in (rows[0] if rows else {})
+               if any(row[key] != "NA" for row in rows)]
+    return {key: [float(row[key]) for row in rows] for key in columns}
 
 
 def plot_training_curves(history, path):

@@ -123,8 +123,13 @@ def test_cli_run_writes_every_artifact(cli_run):
 
     history = json.loads((run_dir / "history.json").read_text())
     assert history["epoch"] == [0.0]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    # The digits preset fits on train+validation: no validation pass, no best-epoch file.
+    assert metrics["fit_on"] == "train+validation"
+    assert "fit on train+validation: 1437 images" in cli_run["out"]
+    for key in ("loss", "accuracy"):
         assert len(history[key]) == 1 and np.isfinite(history[key][0])
+    assert "val_loss" not in history and "val_accuracy" not in history
+    assert not (run_dir / "best.weights.h5").exists()
     rows = read_history(run_dir / "history.csv")
     assert [int(r["epoch"]) for r in rows] == [0]
     assert float(rows[0]["loss"]) == pytest.approx(history["loss"][0])
@@ -184,14 +189,90 @@ def test_svc_baseline_equals_an_independent_sklearn_computation(cli_run):
     labels = digits.target
     indices = np.arange(len(labels))
     rest, test = train_test_split(indices, test_size=0.2, stratify=labels, random_state=0)
-    fit, _validation = train_test_split(rest, test_size=0.2, stratify=labels[rest],
-                                        random_state=0)
     # The tfds set stores round(v * 255 / 16) as pixels; the baseline sees pixels / 255.
     pixels = np.round(digits.images * 255.0 / 16.0).reshape(len(labels), -1) / 255.0
-    expected = SVC().fit(pixels[fit], labels[fit]).score(pixels[test], labels[test])
+    # Fitted on what the ViT fits on: the preset's train+validation.
+    expected = SVC().fit(pixels[rest], labels[rest]).score(pixels[test], labels[test])
     metrics = json.loads((cli_run["run_dir"] / "metrics.json").read_text())
     assert abs(metrics["svc_test_accuracy"] - expected) <= 1e-9
     assert expected > 0.95
+    assert "fitted on train+validation" in cli_run["out"]
+
+
+@pytest.mark.slow
+def test_fit_on_train_validates_each_epoch_and_keeps_the_best(tmp_path, digits_data_dir):
+    """`--fit-on train`: validation scored per epoch, the best epoch's weights kept, and the
+    SVC fitted on the training split alone (checked against scikit-learn directly)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.svm import SVC
+
+    run_dir = tmp_path / "run"
+    code, out, err = run_main(tiny_flags() + [
+        "--epochs", "2", "--fit-on", "train", "--data-dir", digits_data_dir, "--no-export",
+        "--output-dir", str(run_dir), "--export-dir", str(tmp_path / "savedmodels")])
+    assert code == 0, err
+    assert "fit on train+validation" not in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["fit_on"] == "train"
+    history = json.loads((run_dir / "history.json").read_text())
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(history[key]) == 2 and np.all(np.isfinite(history[key])), key
+    assert (run_dir / "best.weights.h5").is_file()
+    saved = json.loads((run_dir / "run_config.json").read_text())
+    assert saved["fit_on"] == "train"
+
+    digits = load_digits()
+    labels = digits.target
+    rest, test = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels,
+                                  random_state=0)
+    fit, _ = train_test_split(rest, test_size=0.2, stratify=labels[rest], random_state=0)
+    pixels = np.round(digits.images * 255.0 / 16.0).reshape(len(labels), -1) / 255.0
+    expected = SVC().fit(pixels[fit], labels[fit]).score(pixels[test], labels[test])
+    assert abs(metrics["svc_test_accuracy"] - expected) <= 1e-9
+    assert "fitted on train as the ViT" in out
+
+
+def test_fit_splits_folds_validation_into_training():
+    import tensorflow as tf
+
+    from pipelines.data import DatasetInfo
+    from pipelines.data.info import SourceSplits
+    from pipelines.training.data_loading import fit_splits
+
+    def split(values):
+        return tf.data.Dataset.from_tensor_slices((np.array(values, "float32"),
+                                                   np.array(values, "int32")))
+
+    info = DatasetInfo("toy", (1,), 10, list("0123456789"), 3, 2, 1)
+    splits = SourceSplits(split([0, 1, 2]), split([7, 8]), split([9]), info, False)
+    assert fit_splits(splits, "train") is splits
+    merged = fit_splits(splits, "train+validation")
+    assert [int(y) for _, y in merged.train] == [0, 1, 2, 7, 8]
+    assert [int(y) for _, y in merged.validation] == [7, 8]
+    assert (merged.info.num_train, merged.info.num_validation, merged.info.num_test) == (5, 2, 1)
+    with pytest.raises(ValueError, match="--fit-on.*'test'"):
+        fit_splits(splits, "test")
+
+
+def test_fit_on_defaults_and_checks():
+    from pipelines.data import DatasetInfo
+    from pipelines.training.config import check_config
+    from pipelines.training.distributed_job import fitting_on_train
+
+    assert TrainConfig().resolved().fit_on == "train+validation"  # the digits preset
+    info = DatasetInfo("scans", (28, 28, 1), 10, list("0123456789"), 4596, 576, 1080)
+    assert TrainConfig(dataset="path/to/scans").resolved(info).fit_on == "train"
+    assert TrainConfig(fit_on="train").resolved().fit_on == "train"  # a flag wins
+    with pytest.raises(ValueError, match="--fit-on must be one of .* received 'all'"):
+        check_config(TrainConfig(fit_on="all").resolved())
+    # The custom loop (multi-worker, TPU, TFRecords) validates every epoch: a preset's
+    # train+validation falls back to train, an explicit request is refused.
+    requested = TrainConfig(distribute="multi_worker")
+    assert fitting_on_train(requested, requested.resolved()).fit_on == "train"
+    requested = TrainConfig(distribute="multi_worker", fit_on="train+validation")
+    with pytest.raises(ValueError, match="--fit-on train\\+validation is not supported"):
+        fitting_on_train(requested, requested.resolved())
 
 
 # -------------------------------------------------------------------- --help
@@ -444,14 +525,15 @@ def test_bad_arguments_fail_before_training(tmp_path, digits_data_dir, flags, ne
     assert time.perf_counter() - start < 60  # failed before any compile or fit
 
 
-def test_float64_precision_is_rejected_by_argparse(tmp_path, digits_data_dir, capsys):
+@pytest.mark.parametrize("flag, value", [("--precision", "float64"), ("--fit-on", "all")])
+def test_bad_choices_are_rejected_by_argparse(tmp_path, digits_data_dir, capsys, flag, value):
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
-        main(["--precision", "float64", "--epochs", "1", "--data-dir", digits_data_dir,
+        main([flag, value, "--epochs", "1", "--data-dir", digits_data_dir,
               "--output-dir", str(run_dir)])
     assert info.value.code != 0
     err = capsys.readouterr().err
-    assert "float64" in err and "--precision" in err
+    assert value in err and flag in err
     assert not run_dir.exists()
 
 
@@ -549,7 +631,7 @@ def test_deterministic_runs_repeat_exactly(cli_run, rerun):
     second = json.loads((rerun["run_dir"] / "metrics.json").read_text())
     first_rows = read_history(cli_run["run_dir"] / "history.csv")
     second_rows = read_history(rerun["run_dir"] / "history.csv")
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in ("loss", "accuracy"):
         np.testing.assert_allclose([float(r[key]) for r in first_rows],
                                    [float(r[key]) for r in second_rows], atol=1e-6,
                                    err_msg=key)

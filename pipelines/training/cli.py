@@ -17,7 +17,7 @@ from pipelines.cli_args import (
 from pipelines.options import DEFAULT_DATASET, POOLINGS, POSITION_EMBEDDINGS, STRATEGIES
 from pipelines.sequence.cli import add_task_argument, requested_task
 from pipelines.sequence.cli import main as sequence_main
-from pipelines.training.config import PRESETS, TrainConfig
+from pipelines.training.config import FIT_ON, PRESETS, TrainConfig
 
 
 def _description():
@@ -63,6 +63,11 @@ def _add_optimisation_arguments(parser):
     defaults = TrainConfig()
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, help="training epochs")
+    optim.add_argument("--fit-on", choices=FIT_ON,
+                       help="train: fit on the training split, score the validation split "
+                            "after each epoch and keep the best epoch; train+validation: fit "
+                            "the final model on both (no validation, the last epoch is kept; "
+                            "the SVC baseline fits on both too); default: the preset's")
     optim.add_argument("--batch-size", type=int, help="batch size")
     optim.add_argument("--learning-rate", type=float, help="peak AdamW learning rate")
     optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay,

@@ -37,6 +37,10 @@ from pipelines.training.presets import PRESETS, scaled_preset
 # Before the data is known (early checks; the custom-loop distributed job) other
 # data gets the scaled preset of `PLACEHOLDER_DATA` with 4x4 patches, which divide
 # the common sizes (28, 32, 64, 96, 224).
+#: What the final model is fitted on (`--fit-on`): the training split, with the
+#: validation split scored after each epoch and the best epoch kept; or both
+#: splits, with no validation and the last epoch kept.
+FIT_ON = ("train", "train+validation")
 PLACEHOLDER_DATA = dict(image_shape=(32, 32, 3), num_train=50_000, num_validation=10_000)
 GENERIC_PRESET = dict(scaled_preset(**PLACEHOLDER_DATA), variant="Ti/4")
 
@@ -46,7 +50,8 @@ RUN_DEFINING_OPTIONS = (
     "dataset", "image_size", "init", "freeze_backbone", "variant", "patch_size", "hidden_dim",
     "depth", "num_heads", "mlp_dim", "pooling", "position_embedding", "dropout",
     "attention_dropout", "drop_path", "epochs", "batch_size", "learning_rate", "weight_decay",
-    "warmup_fraction", "label_smoothing", "clipnorm", "augmentation", "precision", "seed")
+    "warmup_fraction", "label_smoothing", "clipnorm", "augmentation", "fit_on", "precision",
+    "seed")
 
 
 @dataclasses.dataclass
@@ -88,6 +93,7 @@ class TrainConfig:
     clipnorm: float = DEFAULT_CLIPNORM
     augmentation: str = None
     tta_shift: int = None
+    fit_on: str = None
     precision: str = "auto"
     xla: bool = True
     distribute: str = "none"
@@ -141,7 +147,7 @@ class TrainConfig:
             preset = {key: value for key, value in preset.items()
                       if key not in (*ARCHITECTURE_OPTIONS, "num_heads")}
         values = dataclasses.asdict(self)
-        for key, value in preset.items():
+        for key, value in dict(preset, fit_on=preset.get("fit_on", FIT_ON[0])).items():
             if values.get(key) is None:
                 values[key] = value
         values["output_dir"] = values["output_dir"] or os.path.join(
@@ -218,7 +224,7 @@ def check_config(config):
     if not config.init:
         parse_variant(config.variant)
     for name, choices in (("distribute", STRATEGIES), ("precision", PRECISIONS),
-                          ("on_bad_image", BAD_IMAGE_POLICIES)):
+                          ("on_bad_image", BAD_IMAGE_POLICIES), ("fit_on", FIT_ON)):
         if getattr(config, name) not in choices:
             raise ValueError(f"{as_flag(name)} must be one of {choices}; "
                              f"received {getattr(config, name)!r}")

@@ -86,30 +86,71 @@ def load_run_data(config, requested=None):
         config = dataclasses.replace(requested, image_size=config.image_size).resolved(
             splits.info)
         check_config(config)
-    data = batch_splits(splits, batch_size=config.batch_size, augmentation=config.augmentation,
-                        seed=config.seed, deterministic=config.deterministic,
-                        drop_remainder=True)
-    return data, list(warnings), config
+    data = batch_splits(fit_splits(splits, config.fit_on), batch_size=config.batch_size,
+                        augmentation=config.augmentation, seed=config.seed,
+                        deterministic=config.deterministic, drop_remainder=True)
+    # The source's split sizes, whatever the fit draws from (reported as they are).
+    return dataclasses.replace(data, info=splits.info), list(warnings), config
+
+
+def fit_splits(splits, fit_on):
+    """The splits a fit trains on: `splits` as they are, or validation folded into training.
+
+    Args:
+        splits: `pipelines.data.SourceSplits`.
+        fit_on: "train", or "train+validation" (`--fit-on`): the training split
+            becomes train followed by validation (shuffled together later), and
+            `info.num_train` their sum, which sizes the shuffle buffer and cache.
+
+    Returns:
+        `SourceSplits`; validation and test are unchanged.
+
+    Example:
+    >>> fit_splits(splits, "train+validation").info.num_train
+    1437
+    """
+    if fit_on == "train":
+        return splits
+    if fit_on != "train+validation":
+        raise ValueError(f"--fit-on must be 'train' or 'train+validation'; received {fit_on!r}")
+    info = dataclasses.replace(splits.info,
+                               num_train=splits.info.num_train + splits.info.num_validation)
+    return dataclasses.replace(splits, train=splits.train.concatenate(splits.validation),
+                               info=info)
+
+
+def describe_fit(config, info):
+    """The job's line about what the model is fitted on, or None for the training split.
+
+    Example:
+    >>> describe_fit(config, info)
+    'fit on train+validation: 1437 images; no validation during training, the last epoch is kept'
+    """
+    if config.fit_on == "train":
+        return None
+    return (f"fit on train+validation: {info.num_train + info.num_validation} images; no "
+            "validation during training, the last epoch is kept")
 
 
 def load_plain_train(config):
-    """The training split again, unaugmented and in order, for the SVC baseline.
+    """What the run fits on (`--fit-on`), again unaugmented, for the SVC baseline.
 
     Same source, seed and bad-image policy as `load_run_data`, hence the same
     split; its warnings were shown by the first read and are dropped. Offline:
     the first read prepared the data.
 
     Returns:
-        The batched training `tf.data.Dataset`.
+        The batched training `tf.data.Dataset` (train, or train+validation).
     """
-    from pipelines.data import load_datasets
+    from pipelines.data.loading import batch_splits, read_source
 
     with collected_data_warnings():
-        plain = load_datasets(config.dataset, batch_size=1024, image_size=config.image_size,
-                              data_dir=config.data_dir, offline=True, augment=False,
-                              validation_fraction=VALIDATION_FRACTION, seed=config.seed,
-                              on_bad_image=config.on_bad_image)
-    return plain.train
+        splits = read_source(config.dataset, image_size=config.image_size,
+                             data_dir=config.data_dir, offline=True,
+                             validation_fraction=VALIDATION_FRACTION, seed=config.seed,
+                             on_bad_image=config.on_bad_image)
+    return batch_splits(fit_splits(splits, config.fit_on), batch_size=1024, augment=False,
+                        seed=config.seed).train
 
 
 def describe_data(info, warnings=()):

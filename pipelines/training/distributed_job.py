@@ -222,6 +222,26 @@ def _load_input(config, strategy, cluster):
     return _InputData(_through_service(datasets.train, config), steps, datasets)
 
 
+def fitting_on_train(requested, resolved):
+    """`resolved` fitting on the training split: the custom loop validates every epoch.
+
+    A preset's `fit_on="train+validation"` falls back to "train" here;
+    `--fit-on train+validation` given by the user is refused.
+
+    Args:
+        requested: the config as given (`fit_on` None unless the user set it).
+        resolved: the same config resolved.
+
+    Raises:
+        ValueError: `--fit-on train+validation` was requested.
+    """
+    if requested.fit_on == "train+validation":
+        raise ValueError("--fit-on train+validation is not supported with --distribute "
+                         "multi_worker/tpu, TFRecords or --data-service (the custom training "
+                         "loop validates every epoch); use --fit-on train")
+    return dataclasses.replace(resolved, fit_on="train")
+
+
 def weights_checksum(model):
     """sha256 (16 hex digits) of a model's weights: equal on workers with equal weights.
 

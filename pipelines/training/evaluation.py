@@ -138,8 +138,9 @@ def log_summary(metrics, run_dir, log):
     log(f"test accuracy  {metrics['test_accuracy']:.4f}   (ViT, {metrics['parameters']:,} "
         f"parameters, {metrics['precision']}{views})")
     if "svc_test_accuracy" in metrics:
+        fitted = "train+validation" if metrics.get("fit_on") == "train+validation" else "train"
         log(f"SVC baseline   {metrics['svc_test_accuracy']:.4f}   (scikit-learn SVC(), defaults, "
-            "same split, this run)")
+            f"fitted on {fitted} as the ViT, this run)")
     log(f"train speed    {metrics['train_images_per_second']:.0f} images/s; inference "
         f"{metrics['inference_images_per_second']:.0f} images/s; wall {metrics['wall_seconds']:.0f} s")
     log(f"run folder     {run_dir}")

@@ -119,9 +119,11 @@ def fit_model(config, data, kwargs, log):
     # tears the tf.data iterator down and builds a new one every epoch, and that
     # teardown stalled the start of epoch 2 for 17-32 s on some runs
     # (benchmarks/README.md, `job` entry).
+    validate = config.fit_on == "train"  # else validation is part of the training data
     model.fit(data.train.repeat(), steps_per_epoch=steps_per_epoch,
-              validation_data=data.validation, epochs=config.epochs,
-              callbacks=training_callbacks(run_dir, best_so_far(run_dir), timer),
+              validation_data=data.validation if validate else None, epochs=config.epochs,
+              callbacks=training_callbacks(run_dir, best_so_far(run_dir), timer,
+                                           keep_best=validate),
               verbose=config.verbose)
     return FitOutcome(model=model, epoch_seconds=timer.seconds,
                       steps_per_epoch=steps_per_epoch, seconds=time.perf_counter() - start)

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipelines.training import evaluation as evaluation_module
 from pipelines.training.config import check_config, model_kwargs
-from pipelines.training.data_loading import describe_data, load_run_data
+from pipelines.training.data_loading import describe_data, describe_fit, load_run_data
 from pipelines.training.fit import fit_model, trainable_parameters
 from pipelines.training.init_checkpoint import (
     open_init_checkpoint,
@@ -92,6 +92,7 @@ def train(config, log=print):
 
     resolved = config.resolved()
     if distributed_job.uses_custom_loop(resolved):  # multi-worker, TPU, TFRecords, tf.data service
+        resolved = distributed_job.fitting_on_train(config, resolved)
         check_config(resolved)
         if resolved.init:
             resolved = with_checkpoint_image_size(resolved)
@@ -116,6 +117,8 @@ def train(config, log=print):
         log(line)
     if config.preset_needs_data:
         log(describe_preset(config, info))
+    if describe_fit(config, info):
+        log(describe_fit(config, info))
     resumed = prepare_run_dir(config, plan, log)
 
     policy, reason = choose_precision(config.precision)
@@ -124,7 +127,8 @@ def train(config, log=print):
     try:
         fitted = phases.timed("fit", fit_model, config, data, kwargs, log)
         metrics = {"dataset": info.name, "precision": policy, "precision_reason": reason,
-                   "xla": config.xla, "epochs": config.epochs, "resumed": resumed,
+                   "xla": config.xla, "epochs": config.epochs, "fit_on": config.fit_on,
+                   "resumed": resumed,
                    "init": config.init, **_data_metrics(info)}
         _finish(config, data, fitted, metrics, phases, log)
         metrics["wall_seconds"] = time.perf_counter() - job_start

@@ -43,11 +43,14 @@ Example:
 
 import math
 
-# The digits preset was chosen by the sweep recorded in README.md.
+# The digits preset was chosen by the sweep recorded in README.md. It fits the
+# final model on train+validation: the recipe (epochs included) was chosen on
+# the validation split, and its 288 more images of the same writers lifted the
+# test accuracy from 98.5-98.9 % to 99.2-99.4 % (README.md, `make train`).
 PRESETS = {
     "digits": dict(variant="Ti/2", hidden_dim=64, depth=4, num_heads=4, mlp_dim=128,
                    pooling="gap", epochs=90, batch_size=128, learning_rate=3e-3,
-                   augmentation="affine", tta_shift=1),
+                   augmentation="affine", tta_shift=1, fit_on="train+validation"),
 }
 
 MIN_TOKENS = 16

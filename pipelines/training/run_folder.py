@@ -93,7 +93,7 @@ def interval_backup(backup_dir, min_interval_seconds=BACKUP_INTERVAL_SECONDS):
     return IntervalBackupAndRestore()
 
 
-def training_callbacks(run_dir, resumed_best, timer):
+def training_callbacks(run_dir, resumed_best, timer, keep_best=True):
     """CSV history, best checkpoint, TensorBoard, `timer`, then the resume backup.
 
     Args:
@@ -101,19 +101,23 @@ def training_callbacks(run_dir, resumed_best, timer):
         resumed_best: float or None. Best validation accuracy of the epochs a
             resumed run already has, so the checkpoint only improves on it.
         timer: an `epoch_timer()`.
+        keep_best: bool. Keep the weights of the best validation accuracy in
+            `best.weights.h5`; False for a fit without validation, whose
+            final weights are the run's.
 
     Returns:
         list of Keras callbacks, in the order they must run.
     """
     import keras
 
+    # Weights only while training (about half the cost of a .keras archive per
+    # save); the job writes best.keras once at the end.
+    best = [keras.callbacks.ModelCheckpoint(
+        os.path.join(run_dir, BEST_WEIGHTS), monitor="val_accuracy", mode="max",
+        save_best_only=True, save_weights_only=True, initial_value_threshold=resumed_best)]
     return [
         keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV), append=True),
-        # Weights only while training (about half the cost of a .keras archive per
-        # save); the job writes best.keras once at the end.
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, BEST_WEIGHTS), monitor="val_accuracy", mode="max",
-            save_best_only=True, save_weights_only=True, initial_value_threshold=resumed_best),
+        *(best if keep_best else []),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
         timer,
         # Last at each epoch end: an epoch is backed up only once its row and best
