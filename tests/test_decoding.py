@@ -363,3 +363,93 @@ def test_decoding_a_model_without_a_decoder_is_refused():
     classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="encoder_outputs"):
         greedy_decode(classifier, np.zeros((1, 4)), max_length=2, start_id=START, end_id=END)
+
+
+# ------------------------------------------------------ test-time view averaging
+
+
+def view_averaged_log_probs(model, views, prefix, num_views):
+    """log(mean over each item's views of p(. | prefix)) from the full model (numpy)."""
+    logits = np.array(model([views, np.repeat(prefix, num_views, axis=0)]), np.float64)[:, -1]
+    logits[:, [PAD, START]] = -np.inf
+    probs = np.exp(log_softmax_np(logits)).reshape(len(prefix), num_views, -1)
+    with np.errstate(divide="ignore"):
+        return np.log(probs.mean(axis=1))
+
+
+def reference_view_greedy(model, views, num_views, max_length, end_id):
+    """View-averaged greedy decoding recomputing the full model on the whole prefix."""
+    batch = len(views) // num_views
+    tokens, scores = np.full((batch, max_length), PAD), np.zeros(batch)
+    finished = np.zeros(batch, bool)
+    prefix = np.full((batch, 1), START, "int32")
+    for step in range(max_length):
+        log_probs = view_averaged_log_probs(model, views, prefix, num_views)
+        chosen = log_probs.argmax(-1)
+        for b in np.flatnonzero(~finished):
+            tokens[b, step], scores[b] = chosen[b], scores[b] + log_probs[b, chosen[b]]
+        finished |= chosen == end_id
+        prefix = np.concatenate([prefix, chosen[:, None].astype("int32")], axis=1)
+        if finished.all():
+            break
+    return tokens, scores
+
+
+@pytest.mark.parametrize("kind", ["text_prenorm", "image_tied"])
+def test_view_averaged_greedy_equals_full_prefix_recomputation(kind):
+    build, make_source = MODELS[kind]
+    model = build()
+    # Three views of each of two items: any rows grouped in threes.
+    views = np.concatenate([make_source(), make_source()[::-1]])
+    end_id, _ = end_id_stopping_early(model, views, 6)
+    expected_tokens, expected_scores = reference_view_greedy(model, views, 3, 6, end_id)
+    tokens, scores = greedy_decode(model, views, max_length=6, start_id=START, end_id=end_id,
+                                   num_views=3)
+    assert np.asarray(tokens).shape == (2, 6)
+    np.testing.assert_array_equal(np.asarray(tokens), expected_tokens)
+    np.testing.assert_allclose(np.asarray(scores), expected_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_view_averaged_beam_search_finds_the_best_hypothesis(length_penalty):
+    """15 beams keep all 15 hypotheses of 3 tokens; each scored by view-averaged log-probs."""
+    max_length, beam_width, num_views = 3, 15, 3
+    model = text_model(vocab=5, max_length=4, layers=1)
+    views = np.concatenate([source_tokens(vocab=5), source_tokens(5, np.random.default_rng(4))])
+    tokens, scores = beam_search(model, views, beam_width=beam_width,
+                                 length_penalty=length_penalty, max_length=max_length,
+                                 start_id=START, end_id=END, num_views=num_views)
+    for item in range(2):
+        item_views = views[item * num_views:(item + 1) * num_views]
+        scored = []
+        for hypothesis in all_hypotheses(5, max_length):
+            prefix = np.array([[START] + hypothesis[:-1]], "int32")
+            steps = [view_averaged_log_probs(model, item_views, prefix[:, :i + 1], num_views)
+                     for i in range(len(hypothesis))]
+            raw = sum(step[0, t] for step, t in zip(steps, hypothesis))
+            scored.append((raw / ((5 + len(hypothesis)) / 6) ** length_penalty, hypothesis))
+        scored.sort(reverse=True)
+        assert scored[0][0] - scored[1][0] > 1e-4, "ambiguous best hypothesis: change the seed"
+        expected = scored[0][1] + [PAD] * (max_length - len(scored[0][1]))
+        np.testing.assert_array_equal(np.asarray(tokens)[item], expected)
+        np.testing.assert_allclose(float(scores[item]), scored[0][0], rtol=1e-5)
+
+
+def test_identical_views_decode_as_one():
+    model, source = image_model(), images()
+    views = np.repeat(source, 4, axis=0)
+    options = dict(max_length=5, start_id=START, end_id=END)
+    for decode, extra in ((greedy_decode, {}), (beam_search, dict(beam_width=3))):
+        single = decode(model, source, **options, **extra)
+        averaged = decode(model, views, num_views=4, **options, **extra)
+        np.testing.assert_array_equal(np.asarray(averaged[0]), np.asarray(single[0]))
+        np.testing.assert_allclose(np.asarray(averaged[1]), np.asarray(single[1]), rtol=1e-4,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("num_views", [0, 1.5, True])
+def test_bad_num_views_is_named(num_views):
+    for decode in (greedy_decode, beam_search):
+        with pytest.raises(ValueError, match="num_views"):
+            decode(text_model(), source_tokens(), max_length=4, start_id=START, end_id=END,
+                   num_views=num_views)

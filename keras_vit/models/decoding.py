@@ -10,6 +10,12 @@ soon as every sequence has produced `end_id`.
 Conventions: the decoder starts from `start_id`; returned `tokens` `(B,
 max_length)` int32 exclude the start token, include the end token, and hold
 `pad_id` after it. `pad_id` and `start_id` are never generated.
+
+Test-time view averaging (`num_views=V`): the inputs hold `V` adjacent views
+of each item (`keras_vit.layers.ShiftedViews` makes them), every view is
+decoded with its own cache, and each step picks the token from the mean of
+the views' probabilities, `log(mean_v softmax(logits_v))` (`ViewAverage`),
+the same token for all views of an item.
 """
 
 import numpy as np
@@ -45,7 +51,7 @@ def _forbidden_penalty(vocab_size, pad_id, start_id, end_id):
 
 
 def _prepare(model, inputs, max_length, copies=1):
-    """The `DecoderSteps`, its `StepContext` for `max_length` steps and the batch size.
+    """The `DecoderSteps`, its `StepContext` for `max_length` steps and the number of rows.
 
     The encoder's memory and mask are repeated `copies` times per row (beams).
     """
@@ -57,15 +63,40 @@ def _prepare(model, inputs, max_length, copies=1):
     return steps, steps.context(memory, mask, max_length), ops.shape(memory)[0]
 
 
-def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0):
+def _check_views(num_views):
+    if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views <= 0:
+        raise ValueError(f"`num_views` must be a positive integer; received {num_views!r}")
+    return num_views
+
+
+def _averaged_log_probs(logits, penalty, num_views):
+    """`(B * V, vocab)` logits -> `(B, vocab)` float32 log-probabilities.
+
+    One view: `log_softmax(logits + penalty)`. Several (adjacent on the first
+    axis): the log of the views' mean probability, floored at 1e-30, with the
+    penalty added again so forbidden tokens stay at about `NEG`.
+    """
+    logits = ops.cast(logits, "float32") + penalty
+    if num_views == 1:
+        return ops.log_softmax(logits, axis=-1)
+    views = ops.reshape(logits, (-1, num_views, logits.shape[-1]))
+    mean = ops.mean(ops.softmax(views, axis=-1), axis=1)
+    return ops.log(ops.maximum(mean, 1e-30)) + penalty
+
+
+def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0, num_views=1):
     """Most likely token at every step, until `end_id` or `max_length` tokens.
 
     Args:
         model: a `transformer` or `image_to_sequence` model.
-        inputs: the model's first input: source tokens `(B, S)` or images.
+        inputs: the model's first input: source tokens `(B, S)` or images;
+            with `num_views` > 1, `(B * num_views, ...)`: the views of each
+            item adjacent.
         max_length: int. Most tokens to generate (end token included);
             defaults to the model's `max_length`.
         start_id, end_id, pad_id: int token ids.
+        num_views: int > 0. Views per item whose probabilities are averaged
+            at each step (module docstring).
 
     Returns:
         `(tokens (B, max_length) int32, scores (B,) float32)`: scores are the
@@ -76,7 +107,9 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0)
     """
     steps = decoder_steps(model)
     max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
-    steps, context, batch = _prepare(model, inputs, max_length)
+    num_views = _check_views(num_views)
+    steps, context, rows = _prepare(model, inputs, max_length)
+    batch = rows // num_views
     penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
 
     def cond(index, current, tokens, finished, scores, caches):
@@ -84,8 +117,9 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0)
                                ops.logical_not(ops.all(finished)))
 
     def body(index, current, tokens, finished, scores, caches):
-        logits, caches = steps.step(current, index, caches, context)
-        log_probs = ops.log_softmax(logits + penalty, axis=-1)
+        fed = current if num_views == 1 else ops.repeat(current, num_views, axis=0)
+        logits, caches = steps.step(fed, index, caches, context)
+        log_probs = _averaged_log_probs(logits, penalty, num_views)
         # One op for the best token (the first on ties, as argmax) and its log-probability.
         best, chosen = ops.top_k(log_probs, 1)
         chosen = ops.where(finished, pad_id, ops.cast(chosen[:, 0], "int32"))
@@ -96,7 +130,7 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0)
 
     state = (ops.convert_to_tensor(0, "int32"), ops.full((batch,), start_id, "int32"),
              ops.full((batch, max_length), pad_id, "int32"), ops.zeros((batch,), "bool"),
-             ops.zeros((batch,), "float32"), steps.init_cache(batch, max_length))
+             ops.zeros((batch,), "float32"), steps.init_cache(rows, max_length))
     _, _, tokens, _, scores, _ = ops.while_loop(cond, body, state)
     return tokens, scores
 
@@ -113,10 +147,14 @@ def length_normalised(scores, lengths, length_penalty):
     return ops.cast(scores, "float32") / factor
 
 
-def _gather_beams(values, beams, batch, beam_width):
-    """Rows of `values` `(B * K, ...)` picked per batch item by `beams` `(B, K)`."""
-    offsets = ops.arange(batch, dtype="int32")[:, None] * beam_width
-    return ops.take(values, ops.reshape(beams + offsets, (-1,)), axis=0)
+def _gather_beams(values, beams, batch, beam_width, num_views=1):
+    """Rows of `values` `(B * V * K, ...)` picked per batch item by `beams` `(B, K)`.
+
+    Rows are ordered item, view, beam; every view of an item follows its beams.
+    """
+    offsets = ops.reshape(ops.arange(batch * num_views, dtype="int32") * beam_width,
+                          (batch, num_views, 1))
+    return ops.take(values, ops.reshape(beams[:, None, :] + offsets, (-1,)), axis=0)
 
 
 def _expand_beams(log_probs, state, index, length_penalty, pad_id):
@@ -149,7 +187,7 @@ def _check_beam_options(beam_width, length_penalty):
 
 
 def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=None, start_id,
-                end_id, pad_id=0):
+                end_id, pad_id=0, num_views=1):
     """Beam search ranking hypotheses by length-normalised log-probability.
 
     Keeps `beam_width` hypotheses per input; at each step all their one-token
@@ -160,12 +198,17 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
 
     Args:
         model: a `transformer` or `image_to_sequence` model.
-        inputs: the model's first input: source tokens `(B, S)` or images.
+        inputs: the model's first input: source tokens `(B, S)` or images;
+            with `num_views` > 1, `(B * num_views, ...)`: the views of each
+            item adjacent.
         beam_width: int > 0. Hypotheses kept per input.
         length_penalty: float >= 0. GNMT's alpha; 0: summed log-probability.
         max_length: int. Most tokens per hypothesis (end token included);
             defaults to the model's `max_length`.
         start_id, end_id, pad_id: int token ids.
+        num_views: int > 0. Views per item whose probabilities are averaged
+            at each step (module docstring); a hypothesis is scored by the
+            averaged log-probabilities.
 
     Returns:
         `(tokens (B, max_length) int32, scores (B,) float32)`: the best
@@ -180,8 +223,11 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
     _check_beam_options(beam_width, length_penalty)
     steps = decoder_steps(model)
     max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
-    steps, context, flat_batch = _prepare(model, inputs, max_length, beam_width)
-    batch = flat_batch // beam_width
+    num_views = _check_views(num_views)
+    # Rows: item, view, beam (the memory of each view repeated per beam).
+    steps, context, rows = _prepare(model, inputs, max_length, beam_width)
+    batch = rows // (beam_width * num_views)
+    flat_batch = batch * beam_width
     penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
 
     def cond(index, current, tokens, raw, finished, lengths, caches):
@@ -189,9 +235,16 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
                                ops.logical_not(ops.all(finished)))
 
     def body(index, current, tokens, raw, finished, lengths, caches):
-        logits, caches = steps.step(current, index, caches, context)
-        log_probs = ops.log_softmax(logits + penalty, axis=-1)
-        log_probs = ops.reshape(log_probs, (batch, beam_width, steps.vocab_size))
+        fed = current
+        if num_views > 1:  # (B, K) tokens -> every view of each item: (B, V, K) rows
+            fed = ops.reshape(ops.repeat(ops.reshape(current, (batch, 1, beam_width)),
+                                         num_views, axis=1), (-1,))
+        logits, caches = steps.step(fed, index, caches, context)
+        logits = ops.reshape(logits, (batch, num_views, beam_width, steps.vocab_size))
+        # Views next to each other on the first axis, as `_averaged_log_probs` takes them.
+        logits = ops.reshape(ops.transpose(logits, (0, 2, 1, 3)), (-1, steps.vocab_size))
+        log_probs = ops.reshape(_averaged_log_probs(logits, penalty, num_views),
+                                (batch, beam_width, steps.vocab_size))
         beams, chosen, raw, lengths = _expand_beams(log_probs, (raw, finished, lengths), index,
                                                     length_penalty, pad_id)
         finished = ops.logical_or(ops.take_along_axis(finished, beams, axis=1),
@@ -199,7 +252,7 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
         tokens = ops.reshape(_gather_beams(ops.reshape(tokens, (flat_batch, max_length)), beams,
                                            batch, beam_width), (batch, beam_width, max_length))
         tokens = write_slice(tokens, index, chosen[:, :, None], axis=2)
-        caches = [_gather_beams(cache, beams, batch, beam_width) for cache in caches]
+        caches = [_gather_beams(cache, beams, batch, beam_width, num_views) for cache in caches]
         return index + 1, ops.reshape(chosen, (-1,)), tokens, raw, finished, lengths, caches
 
     # Beam 0 starts alone: identical copies would fill the beam with duplicates.
@@ -208,7 +261,7 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
              ops.full((batch, beam_width, max_length), pad_id, "int32"),
              ops.repeat(ops.cast(first_only, "float32")[None], batch, axis=0),
              ops.zeros((batch, beam_width), "bool"), ops.zeros((batch, beam_width), "int32"),
-             steps.init_cache(flat_batch, max_length))
+             steps.init_cache(rows, max_length))
     _, _, tokens, raw, _, lengths, _ = ops.while_loop(cond, body, state)
     normalised = length_normalised(raw, lengths, length_penalty)
     best = ops.cast(ops.argmax(normalised, axis=1), "int32")[:, None]
