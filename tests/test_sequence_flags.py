@@ -156,7 +156,7 @@ def interrupted(tiny_dataset, tmp_path_factory):
     data_dir, run_dir = root / "tfds", root / "run"
     argv = TINY + ["--dataset", tiny_dataset, "--data-dir", str(data_dir), "--offline",
                    "--epochs", "2", "--no-export", "--export-dir", str(root / "exports"),
-                   "--output-dir", str(run_dir)]
+                   "--output-dir", str(run_dir), "--tta-shift", "0"]
     for name, value in RECIPE.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     with pytest.MonkeyPatch.context() as patch:
@@ -293,6 +293,7 @@ def test_killed_run_resumes_with_the_same_command(interrupted, resumed):
     assert (run_dir / "history.csv").read_text().splitlines()[1] == before  # kept, not redone
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed"] is True and metrics["epochs_this_run"] == 1
+    assert metrics["tta_shift"] == 0  # --tta-shift 0: one view (the preset decodes 9)
     assert not (run_dir / "backup").exists() and (run_dir / "best.keras").is_file()
     assert checksums(run_dir)["run_config.json"] == interrupted["checksums"]["run_config.json"]
 
@@ -413,6 +414,7 @@ def test_debug_adds_the_traceback_to_the_error(tmp_path):
     (["--image-size", "16,64"], "--image-size is for folder datasets"),
     (["--beam-width", "0"], "--beam-width must be a positive integer; received 0"),
     (["--length-penalty", "-1"], "--length-penalty must be a number >= 0"),
+    (["--tta-shift", "-1"], "--tta-shift must be an integer >= 0; received -1"),
     (["--dropout", "1.5"], "--dropout must be a number in [0, 1); received 1.5"),
     (["--label-smoothing", "1"], "--label-smoothing"),
 ])

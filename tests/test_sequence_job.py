@@ -43,13 +43,22 @@ def train(argv):
     return run_cli(cli, ["--task", "sequence"] + TINY + argv)
 
 
-def decode(model, images, method, beam_width=4, length_penalty=0.6):
+def decode(model, images, method, beam_width=4, length_penalty=0.6, tta_shift=0):
+    """Decodes `images`; with `tta_shift`, all their shifted views, probabilities averaged."""
+    from keras_vit.layers import ShiftedViews
+
+    images = np.asarray(images, np.float32)
+    views = {}
+    if tta_shift:
+        views = {"num_views": (2 * tta_shift + 1) ** 2}
+        images = np.asarray(ShiftedViews(tta_shift)(images))
     if method == "greedy":
-        function = tf.function(lambda x: greedy_decode(model, x, **IDS))
+        function = tf.function(lambda x: greedy_decode(model, x, **IDS, **views))
     else:
         function = tf.function(lambda x: beam_search(model, x, beam_width=beam_width,
-                                                     length_penalty=length_penalty, **IDS))
-    tokens, scores = function(tf.constant(np.asarray(images, np.float32)))
+                                                     length_penalty=length_penalty, **IDS,
+                                                     **views))
+    tokens, scores = function(tf.constant(images))
     return tokens.numpy(), scores.numpy()
 
 
@@ -84,6 +93,7 @@ def test_run_folder_metrics_and_attention_figure(digit_run):
         assert 0.0 <= metrics[f"test_exact_accuracy_{method}"] <= 1.0
         assert metrics[f"test_cer_{method}"] >= 0.0
     assert metrics["task"] == "sequence" and metrics["epochs_this_run"] == 2
+    assert metrics["tta_shift"] == 1  # the preset: 9 shifted views per image
     assert metrics["vocabulary"] == "0123456789"
     assert len(json.loads((run_dir / "history.json").read_text())["val_accuracy"]) == 2
     figure = Image.open(run_dir / "cross_attention.png")
@@ -100,7 +110,7 @@ def test_metrics_equal_a_recomputation_from_best_keras(digit_run):
                               data_dir=digit_run["data_dir"], offline=True)
     metrics = json.loads((digit_run["run_dir"] / "metrics.json").read_text())
     for method in ("greedy", "beam"):
-        tokens, _ = decode(model, data.test_images, method)
+        tokens, _ = decode(model, data.test_images, method, tta_shift=metrics["tta_shift"])
         texts = [vocab.decode(row) for row in tokens]
         assert metrics[f"test_exact_accuracy_{method}"] == pytest.approx(
             exact_match_accuracy(data.test_texts, texts))
@@ -131,7 +141,9 @@ def test_export_is_verified_servable_and_reads_like_the_keras_model(digit_run):
                                 data_dir=digit_run["data_dir"], offline=True).test_images[:16]
     served = tf.saved_model.load(str(version)).signatures["serving_default"](
         images=tf.constant(images))
-    tokens, scores = decode(model, images, "beam", metadata["decoding"]["beam_width"])
+    assert metadata["decoding"]["tta_shift"] == 1
+    tokens, scores = decode(model, images, "beam", metadata["decoding"]["beam_width"],
+                            tta_shift=metadata["decoding"]["tta_shift"])
     np.testing.assert_array_equal(served["tokens"].numpy(), tokens)
     np.testing.assert_allclose(served["scores"].numpy(), scores, atol=1e-4)
     texts = [t.decode() for t in served["text"].numpy()]
@@ -167,7 +179,7 @@ def test_predict_prints_the_text_of_a_png(digit_run, tmp_path):
     version = digit_run["export_dir"] / MODEL_NAME / "1"
     code, out, err = run_cli(predict, [str(path), "--saved-model", str(version)])
     assert code == 0, err
-    tokens, scores = decode(model, example["image"][None], "beam")
+    tokens, scores = decode(model, example["image"][None], "beam", tta_shift=1)  # the preset's
     expected = f"  text: {vocab.decode(tokens[0])}  (score {scores[0]:.4f})"
     assert out.splitlines() == [str(path), expected]
 

@@ -27,7 +27,7 @@ from keras_vit.models.transformer import (
     teacher_forcing_inputs,
     transformer,
 )
-from keras_vit.models.tta import shift_averaged
+from keras_vit.models.tta import shift_averaged, shift_averaged_decode
 from keras_vit.models.vit import VIT_VARIANTS, parse_variant, vision_transformer
 
 __all__ = ["VIT_VARIANTS", "CheckpointError", "DecoderSteps", "PaddingMask", "beam_search",
@@ -35,4 +35,4 @@ __all__ = ["VIT_VARIANTS", "CheckpointError", "DecoderSteps", "PaddingMask", "be
            "teacher_forcing_inputs", "transformer", "attention_rollout", "attention_weights",
            "block_inputs_model", "freeze_backbone", "gelu_tanh", "load_checkpoint",
            "open_checkpoint", "parse_variant", "replace_head", "resample_position_embedding",
-           "rollout_maps", "shift_averaged", "vision_transformer"]
+           "rollout_maps", "shift_averaged", "shift_averaged_decode", "vision_transformer"]

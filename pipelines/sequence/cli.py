@@ -98,6 +98,10 @@ def _add_data_and_model(parser):
     model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
     model.add_argument("--beam-width", type=int, default=4,
                        help="beam search width (evaluation and the export)")
+    model.add_argument("--tta-shift", type=int,
+                       help="decode (evaluation and the export) from every shift of the image "
+                            "by up to N pixels, averaging the views' token probabilities at "
+                            "each step ((2N+1)^2 views; 0: one view); default: the preset's (1)")
     model.add_argument("--length-penalty", type=float, default=0.6,
                        help="beam search length penalty (GNMT alpha; 0: summed log-probability)")
 

@@ -37,7 +37,8 @@ from pipelines.training.config import check_positive_integers, check_recipe
 SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
                    "max_length": 8, "epochs": 30, "batch_size": 64, "learning_rate": 2e-3,
-                   "precision": "float32", "xla": False, "augmentation": "none"}
+                   "precision": "float32", "xla": False, "augmentation": "none",
+                   "tta_shift": 1}
 
 # Options that decide the model, its data and its training: a killed run resumes
 # only with the same values.
@@ -87,6 +88,7 @@ class SequenceConfig:
     clipnorm: float = DEFAULT_CLIPNORM
     beam_width: int = 4
     length_penalty: float = 0.6
+    tta_shift: int = None
     precision: str = None
     xla: bool = None
     seed: int = 0
@@ -175,6 +177,9 @@ def check_sequence_config(config):
     if config.augmentation not in SEQUENCE_AUGMENTATIONS:
         raise ValueError(f"--augmentation must be one of {SEQUENCE_AUGMENTATIONS} (text is never "
                          f"flipped); received {config.augmentation!r}")
+    tta_shift = config.tta_shift
+    if isinstance(tta_shift, bool) or not isinstance(tta_shift, int) or tta_shift < 0:
+        raise ValueError(f"--tta-shift must be an integer >= 0; received {tta_shift!r}")
     if not isinstance(config.length_penalty, (int, float)) or config.length_penalty < 0:
         raise ValueError(f"--length-penalty must be a number >= 0; "
                          f"received {config.length_penalty!r}")

@@ -26,25 +26,28 @@ class Decoder:
         vocab: its `CharVocabulary`.
         beam_width: int. Hypotheses kept by beam search.
         length_penalty: float. Beam search's GNMT alpha.
+        tta_shift: int >= 0. Decode from the shifts of each image by up to
+            this many pixels, averaging the views' probabilities
+            (`keras_vit.models.shift_averaged_decode`); 0: one view.
 
     Example:
     >>> tokens, scores = Decoder(model, vocab, 4, 0.6).tokens(images, "greedy")
     """
 
-    def __init__(self, model, vocab, beam_width, length_penalty):
+    def __init__(self, model, vocab, beam_width, length_penalty, tta_shift=0):
         import tensorflow as tf
 
-        from keras_vit.models.decoding import beam_search, greedy_decode
+        from keras_vit.models import beam_search, greedy_decode, shift_averaged_decode
 
         self.model, self.vocab = model, vocab
         ids = {"start_id": START, "end_id": END, "pad_id": PAD}
         spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
         self._functions = {
-            "greedy": tf.function(lambda images: greedy_decode(model, images, **ids),
-                                  input_signature=spec),
-            "beam": tf.function(lambda images: beam_search(
-                model, images, beam_width=beam_width, length_penalty=length_penalty, **ids),
-                input_signature=spec),
+            "greedy": tf.function(lambda images: shift_averaged_decode(
+                greedy_decode, model, images, tta_shift, **ids), input_signature=spec),
+            "beam": tf.function(lambda images: shift_averaged_decode(
+                beam_search, model, images, tta_shift, beam_width=beam_width,
+                length_penalty=length_penalty, **ids), input_signature=spec),
         }
 
     def tokens(self, images, method):

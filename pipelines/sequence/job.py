@@ -79,6 +79,7 @@ def train_sequence(config, log=print):
                    "xla": config.xla, "epochs": config.epochs, "resumed": resumed,
                    "vocabulary": "".join(info.vocab.characters), "max_length": config.max_length,
                    "beam_width": config.beam_width, "length_penalty": config.length_penalty,
+                   "tta_shift": config.tta_shift,
                    "split_origins": info.split_origins}
         _finish(config, data, fitted, metrics, phases, log)
         metrics["wall_seconds"] = time.perf_counter() - job_start
@@ -102,7 +103,8 @@ def _evaluate(config, model, data):
     model.save(os.path.join(config.output_dir, "best.keras"))
     model.jit_compile = False  # one pass over the small test split: not worth a compile
     scores = token_metrics(model, data.test)
-    decoder = Decoder(model, data.info.vocab, config.beam_width, config.length_penalty)
+    decoder = Decoder(model, data.info.vocab, config.beam_width, config.length_penalty,
+                      config.tta_shift)
     scores.update(decode_and_score(decoder, data.test_images, data.test_texts))
     return decoder, scores
 
@@ -143,7 +145,8 @@ def _finish(config, data, fitted, metrics, phases, log):
         version = phases.timed(
             "export", export_sequence_model, fitted.model, data.info.vocab, config.model_name,
             config.export_dir, beam_width=config.beam_width,
-            length_penalty=float(config.length_penalty), warmup_images=data.test_images[:4],
+            length_penalty=float(config.length_penalty), tta_shift=config.tta_shift,
+            warmup_images=data.test_images[:4],
             verify=config.verify_export, verbose=bool(config.verbose))
         metrics["export"] = str(version)
         log(f"exported for TF Serving: {version}")

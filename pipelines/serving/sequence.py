@@ -64,8 +64,11 @@ def max_length_of(model):
     return int(model.get_layer("target_position").max_length)
 
 
-def check_decoding_options(beam_width, length_penalty):
-    """Raises ValueError unless `beam_width` is an int > 0 and `length_penalty` a number >= 0."""
+def check_decoding_options(beam_width, length_penalty, tta_shift=0):
+    """Raises ValueError unless `beam_width` is an int > 0, `length_penalty` a number >= 0
+    and `tta_shift` an int >= 0."""
+    if isinstance(tta_shift, bool) or not isinstance(tta_shift, int) or tta_shift < 0:
+        raise ValueError(f"tta_shift must be an integer >= 0; received {tta_shift!r}")
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width <= 0:
         raise ValueError(f"beam_width must be a positive integer; received {beam_width!r}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
@@ -83,11 +86,11 @@ def text_lookup_table(vocab):
     return tf.lookup.StaticHashTable(initializer, default_value="")
 
 
-def _reader(model, vocab, table, beam_width, length_penalty):
+def _reader(model, vocab, table, beam_width, length_penalty, tta_shift):
     """fn(float32 images) -> `{tokens, text, scores}`, shared by both signatures."""
     import tensorflow as tf
 
-    from keras_vit.models.decoding import beam_search
+    from keras_vit.models import beam_search, shift_averaged_decode
     from pipelines.serving.signatures import check_float_images
 
     image_shape = image_shape_of(model)
@@ -97,9 +100,9 @@ def _reader(model, vocab, table, beam_width, length_penalty):
         images = check_float_images(images, image_shape)
 
         def decode():
-            tokens, scores = beam_search(model, images, beam_width=beam_width,
-                                         length_penalty=length_penalty, start_id=START,
-                                         end_id=END, pad_id=PAD)
+            tokens, scores = shift_averaged_decode(
+                beam_search, model, images, tta_shift, beam_width=beam_width,
+                length_penalty=length_penalty, start_id=START, end_id=END, pad_id=PAD)
             return tf.cast(tokens, tf.int32), tf.cast(scores, tf.float32)
 
         # An empty batch gives empty outputs without running the model (some CPU
@@ -114,7 +117,8 @@ def _reader(model, vocab, table, beam_width, length_penalty):
     return read
 
 
-def build_sequence_serving_fns(model, vocab, table, *, beam_width=4, length_penalty=0.6):
+def build_sequence_serving_fns(model, vocab, table, *, beam_width=4, length_penalty=0.6,
+                               tta_shift=0):
     """`{signature_name: (fn, [tf.TensorSpec])}` for `ExportArchive.add_endpoint`.
 
     Args:
@@ -122,13 +126,15 @@ def build_sequence_serving_fns(model, vocab, table, *, beam_width=4, length_pena
         vocab: its `CharVocabulary`.
         table: `text_lookup_table(vocab)`, tracked by the archive.
         beam_width, length_penalty: beam search options baked into the graph.
+        tta_shift: int >= 0. Beam search over the shifted views of each image
+            (`keras_vit.models.shift_averaged_decode`); 0: one view.
     """
     import tensorflow as tf
 
     from pipelines.data.images import decode_image_batch
 
     image_shape = image_shape_of(model)
-    read = _reader(model, vocab, table, beam_width, length_penalty)
+    read = _reader(model, vocab, table, beam_width, length_penalty, tta_shift)
 
     def serving_default(images):
         return read(images)
@@ -143,7 +149,8 @@ def build_sequence_serving_fns(model, vocab, table, *, beam_width=4, length_pena
     }
 
 
-def write_sequence_saved_model(model, vocab, export_dir, *, beam_width=4, length_penalty=0.6):
+def write_sequence_saved_model(model, vocab, export_dir, *, beam_width=4, length_penalty=0.6,
+                               tta_shift=0):
     """Writes the two-signature SavedModel of a sequence model to `export_dir`."""
     import keras
 
@@ -152,13 +159,15 @@ def write_sequence_saved_model(model, vocab, export_dir, *, beam_width=4, length
     table = text_lookup_table(vocab)
     archive.track(table)  # a lookup table is not a variable: track it by hand
     for name, (fn, signature) in build_sequence_serving_fns(
-            model, vocab, table, beam_width=beam_width, length_penalty=length_penalty).items():
+            model, vocab, table, beam_width=beam_width, length_penalty=length_penalty,
+            tta_shift=tta_shift).items():
         archive.add_endpoint(name=name, fn=fn, input_signature=signature)
     archive.write_out(str(export_dir), verbose=False)
     return pathlib.Path(export_dir)
 
 
-def write_sequence_metadata(export_dir, *, model_name, model, vocab, beam_width, length_penalty):
+def write_sequence_metadata(export_dir, *, model_name, model, vocab, beam_width, length_penalty,
+                            tta_shift=0):
     """`assets.extra/keras_vit_export.json` (task "sequence") and `assets.extra/vocab.json`."""
     from pipelines.serving.signatures import common_metadata, write_metadata_file
 
@@ -172,7 +181,7 @@ def write_sequence_metadata(export_dir, *, model_name, model, vocab, beam_width,
         "max_length": max_length_of(model),
         "vocabulary": vocab.to_json(),
         "decoding": {"method": "beam_search", "beam_width": beam_width,
-                     "length_penalty": length_penalty},
+                     "length_penalty": length_penalty, "tta_shift": tta_shift},
         "outputs": list(SEQUENCE_OUTPUTS),
         **common_metadata(model),
     }, ensure_ascii=False)
@@ -196,7 +205,7 @@ def _write_and_check(model, vocab, tmp_dir, model_name, decoding, warmup_images,
 
 
 def export_sequence_model(model, vocab, model_name, base_dir="savedmodels", *, beam_width=4,
-                          length_penalty=0.6, warmup_images=None, verify=True,
+                          length_penalty=0.6, tta_shift=0, warmup_images=None, verify=True,
                           keep_versions=None, config_base_path=DEFAULT_CONFIG_BASE_PATH,
                           version_policy=None, verbose=True):
     """Exports a sequence model as the next version of `base_dir/model_name`, all or nothing.
@@ -212,6 +221,8 @@ def export_sequence_model(model, vocab, model_name, base_dir="savedmodels", *, b
         model_name: served model name; letters, digits, `_`, `-`.
         base_dir: the savedmodels folder.
         beam_width, length_penalty: beam search in the graph.
+        tta_shift: int >= 0. Beam search over the shifts of each image by up
+            to this many pixels, averaging the views' probabilities; 0: one view.
         warmup_images: `[N, H, W, C]` pixel images for warm-up and verification.
         verify: run the fresh-process verification before publishing.
         keep_versions: keep only the newest N versions.
@@ -222,8 +233,9 @@ def export_sequence_model(model, vocab, model_name, base_dir="savedmodels", *, b
         `pathlib.Path` of the new version folder.
     """
     model_name = validate_model_name(model_name)
-    check_decoding_options(beam_width, length_penalty)
-    decoding = {"beam_width": beam_width, "length_penalty": float(length_penalty)}
+    check_decoding_options(beam_width, length_penalty, tta_shift)
+    decoding = {"beam_width": beam_width, "length_penalty": float(length_penalty),
+                "tta_shift": tta_shift}
     policy = check_publish_options(keep_versions, version_policy)
     if warmup_images is not None:
         warmup_images = as_pixel_images(warmup_images, image_shape_of(model))[:MAX_WARMUP_IMAGES]

@@ -46,22 +46,22 @@ def expected_specs(image_shape, max_length):
                             "outputs": outputs}}
 
 
-def keras_beam_search(model, images, beam_width, length_penalty):
+def keras_beam_search(model, images, beam_width, length_penalty, tta_shift=0):
     """`(tokens, scores)` numpy of the Keras model's beam search, traced like the export."""
     import tensorflow as tf
 
-    from keras_vit.models.decoding import beam_search
+    from keras_vit.models import beam_search, shift_averaged_decode
     from pipelines.sequence.vocab import END, PAD, START
 
-    function = tf.function(lambda x: beam_search(
-        model, x, beam_width=beam_width, length_penalty=length_penalty, start_id=START,
-        end_id=END, pad_id=PAD))
+    function = tf.function(lambda x: shift_averaged_decode(
+        beam_search, model, x, tta_shift, beam_width=beam_width,
+        length_penalty=length_penalty, start_id=START, end_id=END, pad_id=PAD))
     tokens, scores = function(tf.constant(images))
     return tokens.numpy().astype(np.int32), scores.numpy().astype(np.float32)
 
 
 def verify_sequence_export(export_dir, model, vocab, sample_images=None, *, beam_width,
-                           length_penalty, atol=None, timeout=600):
+                           length_penalty, tta_shift=0, atol=None, timeout=600):
     """Checks a sequence export in fresh processes (see the module docstring).
 
     Args:
@@ -69,7 +69,7 @@ def verify_sequence_export(export_dir, model, vocab, sample_images=None, *, beam
         model: the Keras model it came from.
         vocab: its `CharVocabulary`.
         sample_images: `[N, H, W, C]` pixel images; default 4 seeded random ones.
-        beam_width, length_penalty: the export's decoding options.
+        beam_width, length_penalty, tta_shift: the export's decoding options.
         atol: tolerance on scores; default by the model's compute dtype.
         timeout: seconds allowed per process.
 
@@ -90,7 +90,7 @@ def verify_sequence_export(export_dir, model, vocab, sample_images=None, *, beam
     if sample_images is None:
         sample_images = make_sample_images(image_shape)
     images = as_pixel_images(sample_images, image_shape)
-    tokens, scores = keras_beam_search(model, images, beam_width, length_penalty)
+    tokens, scores = keras_beam_search(model, images, beam_width, length_penalty, tta_shift)
     with tempfile.TemporaryDirectory(prefix="keras-vit-verify-") as workdir:
         work = pathlib.Path(workdir)
         np.savez(work / "samples.npz", images=images, tokens=tokens, scores=scores)
