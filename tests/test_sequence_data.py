@@ -316,3 +316,44 @@ def test_flip_is_no_sequence_augmentation():
 
     with pytest.raises(ValueError, match=r"--augmentation must be one of .*'crop_flip'"):
         check_sequence_config(SequenceConfig(augmentation="crop_flip").resolved())
+
+
+def test_fit_on_train_and_validation_trains_on_both_folders(tmp_path):
+    """`fit_on="train+validation"`: every training and validation text (of files, paths
+    joined) reaches the training pipeline; validation, test and the split sizes stay."""
+    from pipelines.sequence.data import load_sequence_data
+
+    written = write_folder_dataset(tmp_path / "plates", sizes=(20, 6, 5))
+    data = load_sequence_data(str(tmp_path / "plates"), batch_size=1, max_length=8,
+                              fit_on="train+validation")
+    seen = sorted(data.info.vocab.decode(np.argmax(targets[0].numpy(), -1))
+                  for _, targets, _ in data.train)
+    assert seen == sorted(text for role in ("train", "validation") for _, text in written[role])
+    assert sum(1 for _ in data.validation) == 6
+    assert (data.info.num_train, data.info.num_validation, data.info.num_test) == (20, 6, 5)
+    with pytest.raises(ValueError, match="--fit-on must be .* received 'test'"):
+        load_sequence_data(str(tmp_path / "plates"), batch_size=1, max_length=8, fit_on="test")
+
+
+def test_raw_splits_join_images_or_paths_not_both():
+    from pipelines.sequence.sources import RawSplit
+
+    images = RawSplit(texts=["1", "2"], names=["a", "b"], images=np.zeros((2, 4, 4, 1), "uint8"))
+    more = RawSplit(texts=["3"], names=["c"], images=np.ones((1, 4, 4, 1), "uint8"))
+    joined = images.concatenate(more)
+    assert joined.texts == ["1", "2", "3"] and joined.names == ["a", "b", "c"]
+    np.testing.assert_array_equal(joined.images[:, 0, 0, 0], [0, 0, 1])
+    files = RawSplit(texts=["4"], names=["d"], paths=["d.png"])
+    assert files.concatenate(files).paths == ["d.png", "d.png"]
+    with pytest.raises(ValueError, match="decoded images with one of image files"):
+        images.concatenate(files)
+
+
+def test_sequence_config_checks_fit_on_and_tta_shift():
+    from pipelines.sequence.config import SequenceConfig, check_sequence_config
+
+    assert SequenceConfig().resolved().fit_on == "train"  # the preset's
+    assert SequenceConfig().resolved().tta_shift == 1
+    for field, value in (("fit_on", "test"), ("tta_shift", -1), ("tta_shift", 1.5)):
+        with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} must be"):
+            check_sequence_config(SequenceConfig(**{field: value}).resolved())

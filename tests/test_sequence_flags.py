@@ -393,6 +393,22 @@ def test_variant_precision_and_xla_reach_the_model_fit_trains(overwritten):
     assert model.jit_compile is True
 
 
+@pytest.mark.slow
+def test_fit_on_train_and_validation_skips_validation_and_keeps_the_last_epoch(
+        interrupted, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = with_flag(interrupted["argv"], "--output-dir", str(run_dir))
+    code, out, err = run_train(with_flag(argv, "--epochs", "1") + ["--fit-on",
+                                                                   "train+validation"])
+    assert code == 0, err[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["fit_on"] == "train+validation"
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["loss"]) == 1 and "val_loss" not in history
+    assert not (run_dir / "best.weights.h5").exists() and (run_dir / "best.keras").is_file()
+    assert json.loads((run_dir / "run_config.json").read_text())["fit_on"] == "train+validation"
+
+
 # ----------------------------------------------------- failing before any data is read
 
 

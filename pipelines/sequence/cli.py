@@ -22,6 +22,7 @@ from pipelines.options import (
 )
 from pipelines.sequence.config import SEQUENCE_PRESET, STRIP_WIDTH, SequenceConfig
 from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
+from pipelines.training.config import FIT_ON
 
 
 def requested_task(argv):
@@ -98,6 +99,10 @@ def _add_data_and_model(parser):
     model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
     model.add_argument("--beam-width", type=int, default=4,
                        help="beam search width (evaluation and the export)")
+    model.add_argument("--fit-on", choices=FIT_ON,
+                       help="train: fit on the training split, score validation each epoch and "
+                            "keep the best epoch; train+validation: fit on both, keep the last "
+                            "epoch; default: the preset's")
     model.add_argument("--tta-shift", type=int,
                        help="decode (evaluation and the export) from every shift of the image "
                             "by up to N pixels, averaging the views' token probabilities at "

@@ -24,7 +24,7 @@ from pipelines.sequence.data import (
     check_image_size_source,
     is_folder_source,
 )
-from pipelines.training.config import check_positive_integers, check_recipe
+from pipelines.training.config import FIT_ON, check_positive_integers, check_recipe
 
 #: The sequence preset: a small ViT and a 2-block decoder; any flag given on the
 #: command line wins. Without --patch-size the patches are full-height strips
@@ -38,14 +38,14 @@ SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
                    "max_length": 8, "epochs": 30, "batch_size": 64, "learning_rate": 2e-3,
                    "precision": "float32", "xla": False, "augmentation": "none",
-                   "tta_shift": 1}
+                   "tta_shift": 1, "fit_on": "train"}
 
 # Options that decide the model, its data and its training: a killed run resumes
 # only with the same values.
 RUN_DEFINING_OPTIONS = (
     "task", "dataset", "image_size", "max_length", "variant", "patch_size", "hidden_dim",
     "depth", "num_heads", "mlp_dim", "position_embedding", "decoder_layers", "dropout",
-    "augmentation", "epochs",
+    "augmentation", "fit_on", "epochs",
     "batch_size",
     "learning_rate", "weight_decay", "warmup_fraction", "label_smoothing", "clipnorm",
     "precision", "seed")
@@ -89,6 +89,7 @@ class SequenceConfig:
     beam_width: int = 4
     length_penalty: float = 0.6
     tta_shift: int = None
+    fit_on: str = None
     precision: str = None
     xla: bool = None
     seed: int = 0
@@ -177,6 +178,8 @@ def check_sequence_config(config):
     if config.augmentation not in SEQUENCE_AUGMENTATIONS:
         raise ValueError(f"--augmentation must be one of {SEQUENCE_AUGMENTATIONS} (text is never "
                          f"flipped); received {config.augmentation!r}")
+    if config.fit_on not in FIT_ON:
+        raise ValueError(f"--fit-on must be one of {FIT_ON}; received {config.fit_on!r}")
     tta_shift = config.tta_shift
     if isinstance(tta_shift, bool) or not isinstance(tta_shift, int) or tta_shift < 0:
         raise ValueError(f"--tta-shift must be an integer >= 0; received {tta_shift!r}")

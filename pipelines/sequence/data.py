@@ -152,7 +152,7 @@ def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, traini
 
 def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_length,
                        image_size=None, data_dir=None, offline=False, seed=0,
-                       augmentation="none"):
+                       augmentation="none", fit_on="train"):
     """Checked, encoded and batched splits of a sequence source (see the module docstring).
 
     Args:
@@ -164,6 +164,9 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
         data_dir, offline: tfds data directory, and no downloads.
         seed: seeds carving, shuffling and augmentation.
         augmentation: training-split augmentation, one of `SEQUENCE_AUGMENTATIONS`.
+        fit_on: "train", or "train+validation": the training pipeline holds the
+            validation examples too (the validation pipeline is still built;
+            `info` keeps the source's split sizes).
 
     Returns:
         `SequenceData`.
@@ -175,7 +178,13 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
                       seed=seed)
     vocab, tokens = encode_splits(raw, max_length)
     shape = raw.image_shape
-    pipelines = {role: make_pipeline(raw.splits[role], tokens[role], shape, vocab.size,
+    splits = dict(raw.splits)
+    if fit_on == "train+validation":
+        splits["train"] = splits["train"].concatenate(splits["validation"])
+        tokens = dict(tokens, train=np.concatenate([tokens["train"], tokens["validation"]]))
+    elif fit_on != "train":
+        raise ValueError(f"--fit-on must be 'train' or 'train+validation'; received {fit_on!r}")
+    pipelines = {role: make_pipeline(splits[role], tokens[role], shape, vocab.size,
                                      batch_size, training=role == "train", seed=seed,
                                      augmentation=augmentation)
                  for role in ROLES}

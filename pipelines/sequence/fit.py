@@ -104,8 +104,13 @@ def fit_sequence_model(config, data, log):
     run_dir = config.output_dir
     timer = epoch_timer()
     start = time.perf_counter()
-    model.fit(data.train, validation_data=data.validation, epochs=config.epochs,
-              callbacks=training_callbacks(run_dir, best_so_far(run_dir), timer),
+    validate = config.fit_on == "train"  # else validation is part of the training data
+    # One repeated iterator for the whole run, as the classifier's fit
+    # (`pipelines.training.fit`): no per-epoch tf.data iterator teardown.
+    model.fit(data.train.repeat(), steps_per_epoch=steps_per_epoch,
+              validation_data=data.validation if validate else None, epochs=config.epochs,
+              callbacks=training_callbacks(run_dir, best_so_far(run_dir), timer,
+                                           keep_best=validate),
               verbose=config.verbose)
     return FitOutcome(model=model, epoch_seconds=timer.seconds,
                       steps_per_epoch=steps_per_epoch, seconds=time.perf_counter() - start)

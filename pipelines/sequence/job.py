@@ -39,7 +39,7 @@ def _load(config):
     return load_sequence_data(config.dataset, batch_size=config.batch_size,
                               max_length=config.max_length, image_size=config.image_size,
                               data_dir=config.data_dir, offline=config.offline, seed=config.seed,
-                              augmentation=config.augmentation)
+                              augmentation=config.augmentation, fit_on=config.fit_on)
 
 
 def train_sequence(config, log=print):
@@ -79,7 +79,7 @@ def train_sequence(config, log=print):
                    "xla": config.xla, "epochs": config.epochs, "resumed": resumed,
                    "vocabulary": "".join(info.vocab.characters), "max_length": config.max_length,
                    "beam_width": config.beam_width, "length_penalty": config.length_penalty,
-                   "tta_shift": config.tta_shift,
+                   "tta_shift": config.tta_shift, "fit_on": config.fit_on,
                    "split_origins": info.split_origins}
         _finish(config, data, fitted, metrics, phases, log)
         metrics["wall_seconds"] = time.perf_counter() - job_start

@@ -59,6 +59,19 @@ class RawSplit:
     def __len__(self):
         return len(self.texts)
 
+    def concatenate(self, other):
+        """This split's examples followed by `other`'s, as a new `RawSplit`.
+
+        Raises:
+            ValueError: one split holds decoded images and the other file paths.
+        """
+        if (self.images is None) != (other.images is None):
+            raise ValueError("cannot join a split of decoded images with one of image files")
+        return RawSplit(
+            texts=self.texts + other.texts, names=self.names + other.names,
+            images=None if self.images is None else np.concatenate([self.images, other.images]),
+            paths=None if self.paths is None else self.paths + other.paths)
+
 
 @dataclasses.dataclass
 class RawSplits:
