@@ -77,8 +77,9 @@ def add_runtime_arguments(group):
     from pipelines.options import PRECISIONS
 
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help="auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native "
-                            "bf16 (AMX/AVX-512 BF16, where it is faster), float32 otherwise")
+                       help="auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with "
+                            "AMX-BF16, float32 otherwise (AVX-512 BF16 alone measured slower "
+                            "than float32)")
     group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
                        help="compile train and predict steps with XLA (faster on this CPU)")
     group.add_argument("--seed", type=int, default=0, help="random seed")

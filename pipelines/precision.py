@@ -4,6 +4,14 @@
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
+def _cpu_flags(cpuinfo_path):
+    try:
+        with open(cpuinfo_path) as cpuinfo:
+            return set(cpuinfo.read().split())
+    except OSError:
+        return set()
+
+
 def cpu_has_bf16(cpuinfo_path="/proc/cpuinfo"):
     """Whether the CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX-BF16).
 
@@ -13,34 +21,37 @@ def cpu_has_bf16(cpuinfo_path="/proc/cpuinfo"):
     Returns:
         bool; False when the flags cannot be read.
     """
-    try:
-        with open(cpuinfo_path) as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags(cpuinfo_path))
 
 
-def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None):
+def cpu_has_amx_bf16(cpuinfo_path="/proc/cpuinfo"):
+    """Whether the CPU has AMX-BF16 tiles (`amx_bf16` in its flags); False when unreadable."""
+    return "amx_bf16" in _cpu_flags(cpuinfo_path)
+
+
+def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None, has_amx=None):
     """Resolves a `--precision` value to a Keras dtype policy name and says why.
 
     `auto` picks mixed_float16 on a GPU (tensor cores), mixed_bfloat16 on a
-    CPU with native bf16 (oneDNN runs bf16 matmuls on AMX / AVX-512 BF16: a
-    ViT train step measured about 2x faster than float32 on this project's
-    2-core machine, see README), and float32 elsewhere, where bf16 is emulated
-    and slower.
+    CPU with AMX-BF16, and float32 elsewhere. AVX-512 BF16 alone does not make
+    bf16 pay in TensorFlow: on such a Xeon (KVM, no AMX exposed) a bf16 matmul
+    ran at 0.60x float32's speed and a ViT-Ti/16 training step at 0.57x
+    (benchmarks/README.md, `gemm` and `vit`); without either flag bf16 is
+    emulated.
 
     Args:
         requested: one of `PRECISIONS`.
         has_gpu: bool or None. Whether TensorFlow sees a GPU; None asks TensorFlow.
-        has_bf16_cpu: bool or None. Whether the CPU has bf16; None reads the flags.
+        has_bf16_cpu: bool or None. Whether the CPU has bf16 (AVX-512 BF16 or
+            AMX-BF16); None reads the flags.
+        has_amx: bool or None. Whether the CPU has AMX-BF16; None reads the flags.
 
     Returns:
         `(policy_name, reason)`.
 
     Example:
-    >>> choose_precision("auto")
-    ('mixed_bfloat16', 'auto: no GPU; the CPU has native bfloat16 (AMX/AVX-512 BF16)')
+    >>> choose_precision("auto")  # AVX-512 BF16, no AMX
+    ('float32', 'auto: no GPU; AVX-512 BF16 without AMX (bf16 measured slower than float32)')
     """
     if requested not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}; received {requested!r}")
@@ -52,8 +63,13 @@ def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None):
         has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if has_gpu:
         return "mixed_float16", "auto: a GPU is present"
+    if has_amx is None:
+        has_amx = cpu_has_amx_bf16()
+    if has_amx:
+        return "mixed_bfloat16", "auto: no GPU; the CPU has AMX-BF16"
     if has_bf16_cpu is None:
         has_bf16_cpu = cpu_has_bf16()
     if has_bf16_cpu:
-        return "mixed_bfloat16", "auto: no GPU; the CPU has native bfloat16 (AMX/AVX-512 BF16)"
+        return "float32", ("auto: no GPU; AVX-512 BF16 without AMX (bf16 measured slower "
+                           "than float32)")
     return "float32", "auto: no GPU and no native bfloat16 on this CPU"

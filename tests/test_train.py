@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from pipelines import train as train_module
-from pipelines.precision import PRECISIONS, choose_precision, cpu_has_bf16
+from pipelines.precision import PRECISIONS, choose_precision, cpu_has_amx_bf16, cpu_has_bf16
 from pipelines.train import TrainConfig, main, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -583,17 +583,22 @@ def test_choose_precision_explicit_auto_and_unknown():
             assert policy == requested  # explicit values are returned as they are
             assert isinstance(reason, str) and reason
 
-    rules = {(True, True): "mixed_float16", (True, False): "mixed_float16",
-             (False, True): "mixed_bfloat16", (False, False): "float32"}
-    for (gpu, bf16), expected in rules.items():
-        policy, reason = choose_precision("auto", has_gpu=gpu, has_bf16_cpu=bf16)
-        assert policy == expected, (gpu, bf16)
+    # (GPU, AVX-512 BF16 or AMX-BF16, AMX-BF16) -> policy
+    rules = {(True, True, True): "mixed_float16", (True, False, False): "mixed_float16",
+             (False, True, True): "mixed_bfloat16", (False, True, False): "float32",
+             (False, False, False): "float32"}
+    for (gpu, bf16, amx), expected in rules.items():
+        policy, reason = choose_precision("auto", has_gpu=gpu, has_bf16_cpu=bf16, has_amx=amx)
+        assert policy == expected, (gpu, bf16, amx)
         assert reason.startswith("auto")
+    assert "without AMX" in choose_precision("auto", has_gpu=False, has_bf16_cpu=True,
+                                             has_amx=False)[1]
 
     import tensorflow as tf
 
     policy, reason = choose_precision("auto")
-    on_this_machine = rules[(bool(tf.config.list_physical_devices("GPU")), cpu_has_bf16())]
+    on_this_machine = rules[(bool(tf.config.list_physical_devices("GPU")), cpu_has_bf16(),
+                             cpu_has_amx_bf16())]
     assert policy == on_this_machine
     assert policy in PRECISIONS and policy != "auto" and "auto" in reason
     keras.mixed_precision.Policy(policy)  # a valid Keras policy name
@@ -606,11 +611,14 @@ def test_choose_precision_explicit_auto_and_unknown():
 
 def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
     flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\n"
-    for extra, expected in (("avx512_bf16", True), ("amx_bf16 amx_tile", True), ("", False)):
-        path = tmp_path / f"cpuinfo_{expected}_{len(extra)}"
+    for extra, bf16, amx in (("avx512_bf16", True, False), ("amx_bf16 amx_tile", True, True),
+                             ("", False, False), ("avx512_bf16x", False, False)):
+        path = tmp_path / f"cpuinfo_{bf16}_{amx}_{len(extra)}"
         path.write_text(flags.format(extra))
-        assert cpu_has_bf16(str(path)) is expected, extra
+        assert cpu_has_bf16(str(path)) is bf16, extra
+        assert cpu_has_amx_bf16(str(path)) is amx, extra
     assert cpu_has_bf16(str(tmp_path / "missing")) is False
+    assert cpu_has_amx_bf16(str(tmp_path / "missing")) is False
 
 
 def test_train_module_exposes_a_parser_matching_the_config():
