@@ -352,7 +352,7 @@ def test_raw_splits_join_images_or_paths_not_both():
 def test_sequence_config_checks_fit_on_and_tta_shift():
     from pipelines.sequence.config import SequenceConfig, check_sequence_config
 
-    assert SequenceConfig().resolved().fit_on == "train"  # the preset's
+    assert SequenceConfig().resolved().fit_on == "train+validation"  # the preset's
     assert SequenceConfig().resolved().tta_shift == 1
     for field, value in (("fit_on", "test"), ("tta_shift", -1), ("tta_shift", 1.5)):
         with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} must be"):

@@ -95,7 +95,11 @@ def test_run_folder_metrics_and_attention_figure(digit_run):
     assert metrics["task"] == "sequence" and metrics["epochs_this_run"] == 2
     assert metrics["tta_shift"] == 1  # the preset: 9 shifted views per image
     assert metrics["vocabulary"] == "0123456789"
-    assert len(json.loads((run_dir / "history.json").read_text())["val_accuracy"]) == 2
+    # The preset fits on train+validation: no validation pass, the last epoch kept.
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["accuracy"]) == 2 and "val_accuracy" not in history
+    assert metrics["fit_on"] == "train+validation" and metrics["config"]["augmentation"] == "affine"
+    assert not (run_dir / "best.weights.h5").exists()
     figure = Image.open(run_dir / "cross_attention.png")
     assert figure.format == "PNG" and figure.size[0] > 2 * figure.size[1] // 4
     assert "exact-sequence accuracy" in digit_run["out"]

@@ -81,7 +81,7 @@ def _add_data_and_model(parser):
                            "one size)")
     data.add_argument("--augmentation", choices=SEQUENCE_AUGMENTATIONS,
                       help="training-image augmentation: crop (shifts) or affine (rotation/zoom "
-                           "+ shifts); default: the preset's (none)")
+                           "+ shifts), or none; default: the preset's (affine)")
     data.add_argument("--max-length", type=int,
                       help="longest output in tokens: the longest label plus its end token")
     model = parser.add_argument_group("model")

@@ -33,12 +33,14 @@ from pipelines.training.config import FIT_ON, check_positive_integers, check_rec
 #: third of the step time, and the decoder's cross-attention only has to align
 #: in one dimension (4x4 patches had not started reading digits after 4 epochs).
 #: float32 without XLA: on this CPU bf16 and XLA made this model's step slower.
-#: Chosen by the runs recorded in README.md (digit_strings, 2-core CPU).
+#: `affine` augmentation, the final fit on train+validation and decoding from
+#: 9 shifted views took test exact strings from 87.95 % to 94.40 % (CER 4.1 ->
+#: 1.9 %). Chosen by the runs recorded in README.md (digit_strings, 2-core CPU).
 SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
                    "max_length": 8, "epochs": 30, "batch_size": 64, "learning_rate": 2e-3,
-                   "precision": "float32", "xla": False, "augmentation": "none",
-                   "tta_shift": 1, "fit_on": "train"}
+                   "precision": "float32", "xla": False, "augmentation": "affine",
+                   "tta_shift": 1, "fit_on": "train+validation"}
 
 # Options that decide the model, its data and its training: a killed run resumes
 # only with the same values.
