@@ -74,14 +74,16 @@ def next_token_log_probs(model, source, prefix):
     return log_softmax_np(logits)
 
 
-def reference_greedy(model, source, max_length, end_id):
-    """Greedy decoding recomputing the full model on the whole prefix at every step."""
-    batch = len(source)
+def reference_greedy(model, source, max_length, end_id, num_views=1):
+    """Greedy decoding recomputing the full model on the whole prefix at every step; with
+    `num_views`, from the averaged probabilities of each item's adjacent views."""
+    batch = len(source) // num_views
     tokens = np.full((batch, max_length), PAD)
     scores, finished = np.zeros(batch), np.zeros(batch, bool)
     prefix = np.full((batch, 1), START, "int32")
     for step in range(max_length):
-        log_probs = next_token_log_probs(model, source, prefix)
+        log_probs = (next_token_log_probs(model, source, prefix) if num_views == 1 else
+                     view_averaged_log_probs(model, source, prefix, num_views))
         chosen = log_probs.argmax(-1)
         for b in np.flatnonzero(~finished):
             tokens[b, step], scores[b] = chosen[b], scores[b] + log_probs[b, chosen[b]]
@@ -377,24 +379,6 @@ def view_averaged_log_probs(model, views, prefix, num_views):
         return np.log(probs.mean(axis=1))
 
 
-def reference_view_greedy(model, views, num_views, max_length, end_id):
-    """View-averaged greedy decoding recomputing the full model on the whole prefix."""
-    batch = len(views) // num_views
-    tokens, scores = np.full((batch, max_length), PAD), np.zeros(batch)
-    finished = np.zeros(batch, bool)
-    prefix = np.full((batch, 1), START, "int32")
-    for step in range(max_length):
-        log_probs = view_averaged_log_probs(model, views, prefix, num_views)
-        chosen = log_probs.argmax(-1)
-        for b in np.flatnonzero(~finished):
-            tokens[b, step], scores[b] = chosen[b], scores[b] + log_probs[b, chosen[b]]
-        finished |= chosen == end_id
-        prefix = np.concatenate([prefix, chosen[:, None].astype("int32")], axis=1)
-        if finished.all():
-            break
-    return tokens, scores
-
-
 @pytest.mark.parametrize("kind", ["text_prenorm", "image_tied"])
 def test_view_averaged_greedy_equals_full_prefix_recomputation(kind):
     build, make_source = MODELS[kind]
@@ -402,7 +386,7 @@ def test_view_averaged_greedy_equals_full_prefix_recomputation(kind):
     # Three views of each of two items: any rows grouped in threes.
     views = np.concatenate([make_source(), make_source()[::-1]])
     end_id, _ = end_id_stopping_early(model, views, 6)
-    expected_tokens, expected_scores = reference_view_greedy(model, views, 3, 6, end_id)
+    expected_tokens, expected_scores = reference_greedy(model, views, 6, end_id, num_views=3)
     tokens, scores = greedy_decode(model, views, max_length=6, start_id=START, end_id=end_id,
                                    num_views=3)
     assert np.asarray(tokens).shape == (2, 6)

@@ -232,7 +232,10 @@ def test_two_workers_match_one_process_and_write_one_set_of_artifacts(tmp_path, 
     import keras_vit  # noqa: F401 -- registers the recipe's loss and metric for best.keras
     from pipelines.training.distributed_job import weights_checksum
 
-    args = ("--epochs", 1, "--batch-size", 128, "--seed", 3, "--data-dir", digits_data_dir)
+    # --fit-on train: the custom loop validates every epoch (the digits preset's
+    # train+validation is for Keras fit only).
+    args = ("--epochs", 1, "--batch-size", 128, "--seed", 3, "--data-dir", digits_data_dir,
+            "--fit-on", "train")
     single = finish(start(train_command(tmp_path / "single", *args, "--export-dir",
                                         tmp_path / "single-export")))
     assert single[0] == 0, single[1][-3000:]

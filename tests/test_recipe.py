@@ -109,6 +109,7 @@ def test_parsers_take_their_choices_from_the_shared_constants():
     from pipelines.data import AUGMENTATIONS
     from pipelines.distribute import STRATEGIES
     from pipelines.precision import PRECISIONS
+    from pipelines.training.config import FIT_ON
 
     # The constants are the implementations' own tuples, not copies.
     assert options.AUGMENTATIONS is AUGMENTATIONS and "affine" in AUGMENTATIONS
@@ -126,7 +127,7 @@ def test_parsers_take_their_choices_from_the_shared_constants():
                              "on_bad_image": BAD_IMAGE_POLICIES, "task": options.TASKS,
                              "position_embedding": POSITION_EMBEDDINGS,
                              "precision": PRECISIONS, "distribute": STRATEGIES,
-                             "verbose": options.VERBOSITY}
+                             "fit_on": FIT_ON, "verbose": options.VERBOSITY}
     assert tune_choices == {"augmentation": AUGMENTATIONS, "tuner": options.TUNERS,
                             "on_bad_image": BAD_IMAGE_POLICIES,
                             "precision": PRECISIONS, "verbose": options.VERBOSITY}

@@ -156,7 +156,7 @@ def interrupted(tiny_dataset, tmp_path_factory):
     data_dir, run_dir = root / "tfds", root / "run"
     argv = TINY + ["--dataset", tiny_dataset, "--data-dir", str(data_dir), "--offline",
                    "--epochs", "2", "--no-export", "--export-dir", str(root / "exports"),
-                   "--output-dir", str(run_dir), "--tta-shift", "0"]
+                   "--output-dir", str(run_dir), "--tta-shift", "0", "--fit-on", "train"]
     for name, value in RECIPE.items():
         argv += ["--" + name.replace("_", "-"), str(value)]
     with pytest.MonkeyPatch.context() as patch:
@@ -398,8 +398,8 @@ def test_fit_on_train_and_validation_skips_validation_and_keeps_the_last_epoch(
         interrupted, tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
     argv = with_flag(interrupted["argv"], "--output-dir", str(run_dir))
-    code, out, err = run_train(with_flag(argv, "--epochs", "1") + ["--fit-on",
-                                                                   "train+validation"])
+    code, out, err = run_train(with_flag(with_flag(argv, "--epochs", "1"), "--fit-on",
+                                         "train+validation"))
     assert code == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["fit_on"] == "train+validation"
