@@ -104,12 +104,13 @@ def add_export_arguments(group, default_model_name):
                        help="Keras fit verbosity (1: progress bar)")
 
 
-def run_training_job(job, config, debug):
+def run_training_job(job, config, debug, prog="keras-vit train"):
     """Runs `job(config)` the way `keras-vit train` reports it; returns the exit status.
 
     Bad options or data (`ValueError`, `OSError`) print one line
-    `keras-vit train: error: ...` (plus the traceback with `--debug`) and give 2;
-    Ctrl-C gives 130 with the resume hint; success 0. Both tasks use it.
+    `<prog>: error: ...` (plus the traceback with `--debug`) and give 2;
+    Ctrl-C gives 130 with the resume hint; success 0. Both training tasks and
+    `keras-vit tune` (`prog`) use it.
 
     Example:
     >>> sys.exit(run_training_job(train, TrainConfig(**vars(args)), args.debug))
@@ -123,10 +124,9 @@ def run_training_job(job, config, debug):
         if debug:
             traceback.print_exc()
         message = " ".join(str(error).split("\n"))
-        print(f"keras-vit train: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("keras-vit train: interrupted; run the same command again to resume",
-              file=sys.stderr)
+        print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     return 0

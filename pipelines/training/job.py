@@ -117,8 +117,9 @@ def train(config, log=print):
         log(line)
     if config.preset_needs_data:
         log(describe_preset(config, info))
-    if describe_fit(config, info):
-        log(describe_fit(config, info))
+    fit_line = describe_fit(config, info)
+    if fit_line:
+        log(fit_line)
     resumed = prepare_run_dir(config, plan, log)
 
     policy, reason = choose_precision(config.precision)

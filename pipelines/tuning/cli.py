@@ -5,7 +5,6 @@ Example:
 """
 
 import argparse
-import sys
 import textwrap
 
 from pipelines.cli_args import (
@@ -13,6 +12,7 @@ from pipelines.cli_args import (
     add_data_arguments,
     add_export_arguments,
     add_runtime_arguments,
+    run_training_job,
 )
 from pipelines.options import DEFAULT_DATASET, TUNERS
 from pipelines.tuning.config import DEFAULT_PROJECT, TuneConfig
@@ -80,18 +80,6 @@ def build_parser():
 def main(argv=None):
     """Entry point of `keras-vit tune` and `python -m pipelines.tune`; returns the exit code."""
     args = build_parser().parse_args(argv)
-    import tensorflow_datasets as tfds
-
     from pipelines.tuning.job import tune
 
-    tfds.disable_progress_bar()
-    try:
-        tune(TuneConfig(**vars(args)))
-    except ValueError as error:
-        print(f"keras-vit tune: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("keras-vit tune: interrupted; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_training_job(tune, TuneConfig(**vars(args)), debug=False, prog="keras-vit tune")
