@@ -247,3 +247,23 @@ def test_folder_benchmark_quick_mode_runs_the_job_on_the_written_folder(tmp_path
     assert record["options"]["augmentation"] == "affine" and record["options"]["tta_shift"] == 2
     metrics = record["metrics"]
     assert metrics["split_origins"]["test"] == "test/" and "svc_test_accuracy" in metrics
+
+
+def test_memory_worker_peak_is_the_workers_own_not_its_parents():
+    """Linux carries `ru_maxrss` across execve; the worker's `VmHWM` starts afresh.
+
+    The parent (this test process) touches 400 MiB first; a worker that only
+    imports `benchmarks.memory_worker` must report far less than that.
+    """
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("VmHWM is Linux's; elsewhere the worker falls back to ru_maxrss")
+    held = np.ones(400 * 2**20, np.uint8)  # touched: resident in this process
+    code = "from benchmarks.memory_worker import _peak_mib; print(_peak_mib())"
+    child = subprocess.run([sys.executable, "-c", code], cwd=common.REPO_ROOT,
+                           capture_output=True, text=True, check=True)
+    child_peak = float(child.stdout.strip())
+    assert held.sum() == held.size
+    assert 1 < child_peak < 200, child_peak
