@@ -219,17 +219,17 @@ def parse_and_decode(image_shape):
     return parse
 
 
-def _augmented(ds, augmentation, image_shape, seed, deterministic):
-    """`pipelines.data`'s augmentation, with per-example seeds from a seeded stream."""
+def _augmented(batches, augmentation, image_shape, seed):
+    """`pipelines.data`'s batch augmentation, with per-batch seeds from a seeded stream."""
     if augmentation == "none":
-        return ds
-    from pipelines.data.augmentation import augmenter
+        return batches
+    from pipelines.data.augmentation import batch_augmenter
 
-    augment = augmenter(augmentation, image_shape)
+    augment = batch_augmenter(augmentation, image_shape)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return tf.data.Dataset.zip((ds, seeds)).map(
-        lambda example, s: (augment(example[0], s), example[1]),
-        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return tf.data.Dataset.zip((batches, seeds)).map(
+        lambda batch, s: (augment(batch[0], s), batch[1]),
+        num_parallel_calls=AUTOTUNE, deterministic=True)  # a partial last batch stays last
 
 
 def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buffer=10_000,
@@ -253,7 +253,7 @@ def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buff
             `distribute_datasets_from_function`) for file-level sharding.
         deterministic: fixed interleave order for training too.
         augmentation: one of `pipelines.data.AUGMENTATIONS` for the training
-            split (stateless, seeded per example as in `load_datasets`).
+            split (stateless, seeded per batch as in `load_datasets`).
 
     Returns:
         `pipelines.data.Datasets` of (float32 images in [0, 255], int32 labels).
@@ -277,8 +277,9 @@ def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buff
                           deterministic=deterministic, metadata=metadata)
     train = (train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
              .map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic))
-    train = _augmented(train, augmentation, info.image_shape, seed, deterministic)
-    train = train.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    train = train.batch(batch_size, drop_remainder=drop_remainder)
+    train = _augmented(train, augmentation, info.image_shape, seed)
+    train = train.prefetch(AUTOTUNE)
     held_out = {
         split: split_records(path, split, metadata=metadata)
         .map(decode, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)

@@ -366,6 +366,69 @@ def test_rotate_zoom_matches_scipy_affine_transform():
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
+def test_batch_warp_composes_rotation_shift_and_flip_like_scipy():
+    """One warp per batch: output pixel p shows input R((F p) + d - c) + c, bilinear, 0 outside.
+
+    F mirrors left-right (where `mirror`), d is the (dy, dx) shift, R the
+    rotation/zoom about the centre c. Reference: scipy's bilinear
+    affine_transform with that map written in (row, col) form, image by image.
+    Maps without rotation or zoom copy pixels exactly (unwarped images stay
+    sharp): checked against numpy padding and slicing.
+    """
+    from scipy import ndimage
+
+    from pipelines.data.augmentation import augmentation_matrices, warp
+
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, size=(4, 9, 7, 2)).astype("float32")
+    angles = np.array([0.3, 0.0, -0.2, 0.0], "float32")
+    zooms = np.array([1.15, 1.0, 0.9, 1.0], "float32")
+    offsets = np.array([[1, -2], [0, 0], [-1, 1], [2, 2]], "int32")  # (dy, dx)
+    mirror = np.array([False, True, True, False])
+    got = warp(tf.constant(images),
+               augmentation_matrices(angles, zooms, offsets, mirror, 9, 7)).numpy()
+    centre = np.array([4.0, 3.0])
+    for k in range(4):
+        c, s = np.cos(angles[k]) / zooms[k], np.sin(angles[k]) / zooms[k]
+        rotation = np.array([[c, s], [-s, c]])  # (row, col) form of R(angle) / zoom in (x, y)
+        flip = np.diag([1.0, -1.0]) if mirror[k] else np.eye(2)
+        flip_offset = np.array([0.0, 6.0]) if mirror[k] else np.zeros(2)
+        matrix = rotation @ flip
+        offset = rotation @ (flip_offset + offsets[k] - centre) + centre
+        expected = np.stack([ndimage.affine_transform(
+            images[k, ..., ch], matrix, offset=offset, order=1, mode="grid-constant", cval=0.0)
+            for ch in range(2)], axis=-1)
+        np.testing.assert_allclose(got[k], expected, atol=1e-3)
+    np.testing.assert_array_equal(got[1], images[1, :, ::-1])
+    np.testing.assert_array_equal(got[3], np.pad(images[3], ((0, 2), (0, 2), (0, 0)))[2:, 2:])
+
+
+def test_batch_augmenter_draws_per_image_and_keeps_half_the_batch_sharp():
+    """Each image of a batch gets its own draw: shifts cover [-pad, pad], about half warped."""
+    from pipelines.data.augmentation import batch_augmenter, shift_pad
+
+    rng = np.random.default_rng(2)
+    images = rng.uniform(1, 255, size=(400, 16, 16, 1)).astype("float32")
+    assert shift_pad(images.shape[1:]) == 2
+    crop = batch_augmenter("crop", (16, 16, 1))(tf.constant(images),
+                                                tf.constant([3, 4], tf.int64)).numpy()
+    seen = set()
+    for original, shifted in zip(images, crop):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(shifted, np.pad(original, ((2, 2), (2, 2), (0, 0)))[
+                       2 + dy:18 + dy, 2 + dx:18 + dx])]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == 25  # every shift of the 5 x 5 occurs among 400 images
+    affine = batch_augmenter("affine", (16, 16, 1))(tf.constant(images),
+                                                    tf.constant([5, 6], tf.int64)).numpy()
+    sharp = sum(any(np.array_equal(out, c) for c in crop_offsets(original, pad=2))
+                for original, out in zip(images, affine))
+    assert 150 <= sharp <= 250  # AFFINE_PROBABILITY = 0.5 of 400 (binomial sd 10)
+    with pytest.raises(ValueError, match="augmentation='none'"):
+        batch_augmenter("none", (16, 16, 1))
+
+
 def test_affine_augmentation_keeps_shape_range_and_is_deterministic(tmp_path):
     first = load_datasets("digits", batch_size=16, data_dir=str(tmp_path), augmentation="affine",
                           deterministic=True, seed=3)

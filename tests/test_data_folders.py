@@ -463,3 +463,37 @@ def test_choice_lists_import_without_tensorflow():
                             check=True, env={**os.environ, "PYTHONPATH": REPO_ROOT})
     assert result.stdout.split()[-1] == "False"
     assert "'error', 'skip'" in result.stdout and "'crop_flip'" in result.stdout
+
+
+@pytest.mark.parametrize("file_size", [(12, 10), (6, 5)])
+def test_one_size_folder_decodes_in_batches_like_decode_image(tmp_path, file_size):
+    """The one-size fast path (batched read, decode and resize) gives `decode_image`'s pixels.
+
+    Files of 12x10 are resized to 6x5 in batches, files of 6x5 only decoded;
+    each image of every split must equal, bit for bit, `decode_image` of one
+    file of its class, and every file must appear once.
+    """
+    import tensorflow as tf
+
+    from pipelines.data.folder import DECODE_BATCH, folder_splits
+    from pipelines.data.images import decode_image
+
+    rng = np.random.default_rng(0)
+    reference = []
+    for index in range(DECODE_BATCH + 5):  # a full decode batch and a partial one
+        folder = tmp_path / f"class_{index % 2}"
+        folder.mkdir(exist_ok=True)
+        pixels = rng.integers(0, 256, (*file_size, 3), dtype=np.uint8)
+        path = str(folder / f"{index:03d}.png")
+        tf.io.write_file(path, tf.io.encode_png(pixels))
+        reference.append((index % 2, decode_image(tf.io.read_file(path), (6, 5, 3)).numpy()))
+    splits = folder_splits(str(tmp_path), (6, 5), 0.1, 0, "error")
+    unmatched = list(reference)
+    for role in ("train", "validation", "test"):
+        for image, label in getattr(splits, role):
+            assert image.shape == (6, 5, 3) and image.dtype == tf.float32
+            match = [i for i, (lab, ref) in enumerate(unmatched)
+                     if lab == int(label) and np.array_equal(ref, image.numpy())]
+            assert len(match) == 1, role
+            unmatched.pop(match[0])
+    assert not unmatched

@@ -101,3 +101,40 @@ def decode_image_batch(images_bytes, image_shape):
     )
     batch = tf.shape(images_bytes)[0]
     return tf.reshape(images, tf.concat([[batch], list(image_shape)], axis=0))
+
+
+def decode_same_size_files(paths, source_size, image_shape):
+    """Read and decode a `[batch]` of image files that all are `source_size`; resize at once.
+
+    The folder pipeline's fast path when every file has one size (the image
+    scan knows): per file only the read and the decode, then one
+    `resize_pixels` over the whole batch, the same op `decode_image` applies
+    to each image, so the pixels are the same as decoding file by file (and
+    as the `serving_bytes` signature's). Per-file tf.data work was what
+    limited a folder of small PNGs to about the training step's rate.
+
+    Args:
+        paths: 1-D tf.string tensor of file paths.
+        source_size: `(height, width)` of every file.
+        image_shape: `(H, W, C)` to decode to.
+
+    Returns:
+        float32 tensor `[batch, H, W, C]` in [0, 255].
+
+    Example:
+        >>> decode_same_size_files(tf.constant(["a.png", "b.png"]), (40, 40), (32, 32, 3)).shape
+        TensorShape([2, 32, 32, 3])
+    """
+    height, width, channels = (int(d) for d in image_shape)
+    source = (int(source_size[0]), int(source_size[1]), channels)
+
+    def read(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, dtype=tf.uint8,
+                                   expand_animations=False)
+        return tf.ensure_shape(image, source)
+
+    images = tf.map_fn(read, paths, fn_output_signature=tf.TensorSpec(source, tf.uint8))
+    if source[:2] == (height, width):
+        return tf.cast(images, tf.float32)
+    return tf.ensure_shape(resize_pixels(images, (height, width)),
+                           (None, height, width, channels))

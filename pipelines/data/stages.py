@@ -1,4 +1,4 @@
-"""The stages every source shares: cache -> shuffle -> augment -> batch -> prefetch.
+"""The stages every source shares: cache -> shuffle -> batch -> augment -> prefetch.
 
 Conventions: images leave as float32 in raw [0, 255] scale, labels int32;
 validation and test are never augmented nor shuffled, and their order is
@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from pipelines.data.augmentation import augmenter
+from pipelines.data.augmentation import batch_augmenter
 
 log = logging.getLogger("pipelines.data")
 
@@ -27,7 +27,7 @@ CACHE_BUDGET_BYTES = 2 * 1024**3
 def finish(ds, role, num_examples, *, batch_size, cache, training=False,
            augmentation="none", seed=0, deterministic=True, shuffle_buffer=1,
            drop_remainder=False):
-    """Cache -> (train: shuffle, augment) -> float32 -> batch -> prefetch.
+    """Cache -> (train: shuffle) -> batch -> float32 (train: augment) -> prefetch.
 
     Args:
         ds: unbatched (image, label) dataset of one split.
@@ -45,18 +45,21 @@ def finish(ds, role, num_examples, *, batch_size, cache, training=False,
         ds = ds.shuffle(
             min(shuffle_buffer, max(num_examples, 1)), seed=seed, reshuffle_each_iteration=True
         )
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder and num_examples >= batch_size)
     if training and augmentation != "none":
-        # Stateless ops fed with per-example seeds from a seeded random stream:
+        # Whole batches at once (one warp per batch: pipelines.data.augmentation),
+        # stateless ops fed with per-batch seeds from a seeded random stream:
         # reproducible even with parallel map, and different every epoch.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        augment = augmenter(augmentation, ds.element_spec[0].shape)
+        augment = batch_augmenter(augmentation, ds.element_spec[0].shape[1:])
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda example, s: (augment(tf.cast(example[0], tf.float32), s), example[1]),
-            num_parallel_calls=AUTOTUNE,
+            lambda batch, s: (augment(tf.cast(batch[0], tf.float32), s), batch[1]),
+            # Batches keep their order (a partial last batch stays last); they
+            # cost the same, so ordering them holds nothing up.
+            num_parallel_calls=AUTOTUNE, deterministic=True,
         )
     else:
-        ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label))
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder and num_examples >= batch_size)
+        ds = ds.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
     ds = ds.prefetch(AUTOTUNE)
     options = tf.data.Options()
     # Validation/test order is part of the contract ("never shuffled").

@@ -136,18 +136,19 @@ def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, traini
     dataset = dataset.map(teacher_forcing_example(vocab_size)).cache()
     if training:
         dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    if training and augmentation != "none":
-        from pipelines.data.augmentation import augmenter
-
-        augment = augmenter(augmentation, image_shape)
-        # Per-example stateless seeds from a seeded stream, as the classifier's pipeline.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda example, s: (((augment(example[0][0], s), example[0][1]),) + example[1:]),
-            num_parallel_calls=tf.data.AUTOTUNE)
     # Full training batches only: one batch shape, one (XLA) compile.
     drop = training and len(targets) >= batch_size
-    return dataset.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop)
+    if training and augmentation != "none":
+        from pipelines.data.augmentation import batch_augmenter
+
+        augment = batch_augmenter(augmentation, image_shape)
+        # Per-batch stateless seeds from a seeded stream, as the classifier's pipeline.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, s: (((augment(batch[0][0], s), batch[0][1]),) + batch[1:]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_length,
