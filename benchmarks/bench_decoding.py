@@ -1,8 +1,9 @@
 """Cached greedy decoding against full-prefix recomputation, at growing output lengths.
 
-Model: `image_to_sequence("Ti/4")` on 16x64x1 images (the `digit_strings`
-canvas; 64 patch tokens of width 64, 4 encoder blocks, 2 decoder blocks, 13
-tokens), float32, untrained (speed does not depend on the weights; the end id
+Model: the sequence preset's `image_to_sequence` (`SEQUENCE_PRESET`) on
+16x64x1 images (the `digit_strings` canvas; full-height strip patches 4
+pixels wide, so 16 tokens of width 64, 4 encoder blocks, 2 decoder blocks, 13
+tokens) with room for 64 output tokens, float32, untrained (speed does not depend on the weights; the end id
 is one the model never emits, so every run makes `length` steps). Two batch
 sizes: 1 (one request: every op is tiny, the cost is the number of ops) and 32
 (the encoder's FLOPs matter).
@@ -39,7 +40,10 @@ VOCAB = 13
 START = 1
 BATCH = 32
 BATCHES = (1, BATCH)
-MODEL = dict(max_length=64, decoder_layers=2, hidden_dim=64, depth=4, num_heads=4, mlp_dim=128)
+MAX_LENGTH = 64
+#: The sequence preset's architecture options (`pipelines.sequence.config`).
+ARCHITECTURE_OPTIONS = ("variant", "hidden_dim", "depth", "num_heads", "mlp_dim",
+                        "position_embedding", "decoder_layers")
 LENGTHS = (5, 10, 20, 40)
 QUICK_LENGTHS = (5, 20)
 TARGET_RATIO_AT_5 = 3.0
@@ -55,11 +59,19 @@ def _median_seconds(fn, calls=5):
     return statistics.median(samples)
 
 
+def model_options():
+    """`image_to_sequence` keyword arguments: the sequence preset's model, max_length 64."""
+    from pipelines.sequence.config import SEQUENCE_PRESET, strip_patch
+
+    return dict({key: SEQUENCE_PRESET[key] for key in ARCHITECTURE_OPTIONS},
+                patch_size=strip_patch(IMAGE_SHAPE), max_length=MAX_LENGTH)
+
+
 def build_model():
-    """The benchmark's untrained image-to-sequence model."""
+    """The benchmark's untrained image-to-sequence model (`model_options`)."""
     from keras_vit.models.transformer import image_to_sequence
 
-    return image_to_sequence("Ti/4", IMAGE_SHAPE, VOCAB, **MODEL)
+    return image_to_sequence(image_shape=IMAGE_SHAPE, vocab_size=VOCAB, **model_options())
 
 
 def unused_token(model, images, length):
@@ -199,7 +211,8 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
     timing = dict(min_pairs=repeats or (3 if quick else 7), warmup=1 if quick else 2,
                   min_time=0.3 if quick else 2.0)
     print(f"\n== decoding: cached greedy_decode vs full-prefix recomputation\n   "
-          f"image_to_sequence Ti/4 {IMAGE_SHAPE}, {MODEL}, batches {BATCHES}, float32;\n   "
+          f"image_to_sequence {IMAGE_SHAPE}, {model_options()}, batches {BATCHES}, "
+          "float32;\n   "
           "ratio = recompute s / cached s (> 1: caching faster)")
     model = build_model()
     all_images = tf.constant(np.random.default_rng(0).uniform(0, 255, (BATCH,) + IMAGE_SHAPE),
@@ -225,7 +238,8 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
     path = common.write_results("decoding", dict(
         quick=quick, passed=passed, clearly_slower=clearly_slower, verdict=verdict,
         loop_body_ops=dict(body), config=dict(image_shape=IMAGE_SHAPE, vocab=VOCAB,
-                                              batches=BATCHES, timing=timing, **MODEL),
+                                              batches=BATCHES, timing=timing,
+                                              **model_options()),
         results=records, seconds=total.seconds))
     print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return passed, clearly_slower
