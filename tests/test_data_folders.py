@@ -488,6 +488,9 @@ def test_one_size_folder_decodes_in_batches_like_decode_image(tmp_path, file_siz
         tf.io.write_file(path, tf.io.encode_png(pixels))
         reference.append((index % 2, decode_image(tf.io.read_file(path), (6, 5, 3)).numpy()))
     splits = folder_splits(str(tmp_path), (6, 5), 0.1, 0, "error")
+    # Known sizes: the training job counts its steps per epoch from them.
+    assert sum(int(getattr(splits, role).cardinality())
+               for role in ("train", "validation", "test")) == len(reference)
     unmatched = list(reference)
     for role in ("train", "validation", "test"):
         for image, label in getattr(splits, role):

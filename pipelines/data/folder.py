@@ -315,6 +315,8 @@ def _decoded(paths, labels, image_shape, sizes):
         return ds.batch(DECODE_BATCH).map(
             lambda batch, batch_labels: (decode_same_size_files(batch, size, image_shape),
                                          batch_labels),
-            num_parallel_calls=AUTOTUNE).unbatch()
+            num_parallel_calls=AUTOTUNE).unbatch().apply(
+                # unbatch() forgets the count; the training job sizes its epochs by it.
+                tf.data.experimental.assert_cardinality(len(paths)))
     return ds.map(lambda path, label: (decode_image(tf.io.read_file(path), image_shape), label),
                   num_parallel_calls=AUTOTUNE)
