@@ -39,7 +39,7 @@ from pipelines.training.config import FIT_ON, check_positive_integers, check_rec
 #: 87.95 % (first preset) to 94.40 % (30 epochs of 64, graph) to 96.80 % (40
 #: epochs of 128, XLA, lr 3e-3; 45 epochs gave 95.40 %, 33 epochs 92.55 % in
 #: 9 min 43 s: every error is one of a few test digit images misread, each in
-#: ~17 test strings). 40 epochs: ~11 minutes, the best of the three runs.
+#: ~17 test strings). 40 epochs: 12 min 43 s with export, the best of the three.
 #: Chosen by the runs recorded in README.md (digit_strings, 2-core CPU).
 SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
