@@ -45,6 +45,19 @@ def resize_pixels(image, size):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def decode_pixels(image_bytes, channels):
+    """uint8 `[h, w, channels]` pixels of one encoded image at its own size (GIF: first frame).
+
+    The one decode call behind `decode_image` and `decode_same_size_files`.
+
+    Example:
+        >>> decode_pixels(tf.io.read_file("cat.png"), 3).dtype
+        tf.uint8
+    """
+    return tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8,
+                              expand_animations=False)
+
+
 def decode_image(image_bytes, image_shape):
     """Decode one encoded image into float32 `[H, W, C]` pixels.
 
@@ -65,9 +78,7 @@ def decode_image(image_bytes, image_shape):
         TensorShape([32, 32, 3])
     """
     height, width, channels = image_shape
-    image = tf.io.decode_image(
-        image_bytes, channels=channels, dtype=tf.uint8, expand_animations=False
-    )
+    image = decode_pixels(image_bytes, channels)
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
     # Explicit tf.cond: ExportArchive traces endpoints with autograph off.
     image = tf.cond(
@@ -129,9 +140,7 @@ def decode_same_size_files(paths, source_size, image_shape):
     source = (int(source_size[0]), int(source_size[1]), channels)
 
     def read(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, dtype=tf.uint8,
-                                   expand_animations=False)
-        return tf.ensure_shape(image, source)
+        return tf.ensure_shape(decode_pixels(tf.io.read_file(path), channels), source)
 
     images = tf.map_fn(read, paths, fn_output_signature=tf.TensorSpec(source, tf.uint8))
     if source[:2] == (height, width):
