@@ -353,7 +353,7 @@ def test_sequence_config_checks_fit_on_and_tta_shift():
     from pipelines.sequence.config import SequenceConfig, check_sequence_config
 
     assert SequenceConfig().resolved().fit_on == "train+validation"  # the preset's
-    assert SequenceConfig().resolved().tta_shift == 1
+    assert SequenceConfig().resolved().tta_shift == 2
     for field, value in (("fit_on", "test"), ("tta_shift", -1), ("tta_shift", 1.5)):
         with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} must be"):
             check_sequence_config(SequenceConfig(**{field: value}).resolved())

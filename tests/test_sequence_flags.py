@@ -293,7 +293,7 @@ def test_killed_run_resumes_with_the_same_command(interrupted, resumed):
     assert (run_dir / "history.csv").read_text().splitlines()[1] == before  # kept, not redone
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed"] is True and metrics["epochs_this_run"] == 1
-    assert metrics["tta_shift"] == 0  # --tta-shift 0: one view (the preset decodes 9)
+    assert metrics["tta_shift"] == 0  # --tta-shift 0: one view (the preset decodes 25)
     assert not (run_dir / "backup").exists() and (run_dir / "best.keras").is_file()
     assert checksums(run_dir)["run_config.json"] == interrupted["checksums"]["run_config.json"]
 

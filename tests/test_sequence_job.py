@@ -93,7 +93,7 @@ def test_run_folder_metrics_and_attention_figure(digit_run):
         assert 0.0 <= metrics[f"test_exact_accuracy_{method}"] <= 1.0
         assert metrics[f"test_cer_{method}"] >= 0.0
     assert metrics["task"] == "sequence" and metrics["epochs_this_run"] == 2
-    assert metrics["tta_shift"] == 1  # the preset: 9 shifted views per image
+    assert metrics["tta_shift"] == 2  # the preset: 25 shifted views per image
     assert metrics["vocabulary"] == "0123456789"
     # The preset fits on train+validation: no validation pass, the last epoch kept.
     history = json.loads((run_dir / "history.json").read_text())
@@ -145,7 +145,7 @@ def test_export_is_verified_servable_and_reads_like_the_keras_model(digit_run):
                                 data_dir=digit_run["data_dir"], offline=True).test_images[:16]
     served = tf.saved_model.load(str(version)).signatures["serving_default"](
         images=tf.constant(images))
-    assert metadata["decoding"]["tta_shift"] == 1
+    assert metadata["decoding"]["tta_shift"] == 2
     tokens, scores = decode(model, images, "beam", metadata["decoding"]["beam_width"],
                             tta_shift=metadata["decoding"]["tta_shift"])
     np.testing.assert_array_equal(served["tokens"].numpy(), tokens)
@@ -183,7 +183,7 @@ def test_predict_prints_the_text_of_a_png(digit_run, tmp_path):
     version = digit_run["export_dir"] / MODEL_NAME / "1"
     code, out, err = run_cli(predict, [str(path), "--saved-model", str(version)])
     assert code == 0, err
-    tokens, scores = decode(model, example["image"][None], "beam", tta_shift=1)  # the preset's
+    tokens, scores = decode(model, example["image"][None], "beam", tta_shift=2)  # the preset's
     expected = f"  text: {vocab.decode(tokens[0])}  (score {scores[0]:.4f})"
     assert out.splitlines() == [str(path), expected]
 

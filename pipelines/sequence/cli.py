@@ -106,7 +106,7 @@ def _add_data_and_model(parser):
     model.add_argument("--tta-shift", type=int,
                        help="decode (evaluation and the export) from every shift of the image "
                             "by up to N pixels, averaging the views' token probabilities at "
-                            "each step ((2N+1)^2 views; 0: one view); default: the preset's (1)")
+                            "each step ((2N+1)^2 views; 0: one view); default: the preset's (2)")
     model.add_argument("--length-penalty", type=float, default=0.6,
                        help="beam search length penalty (GNMT alpha; 0: summed log-probability)")
 
