@@ -175,6 +175,7 @@ def test_beam_width_1_export_equals_greedy_decoding(digit_run, tmp_path):
 def test_predict_prints_the_text_of_a_png(digit_run, tmp_path):
     from pipelines import predict
     from pipelines.data.digit_strings import generate_strings
+    from pipelines.serving.signatures import read_metadata
 
     model, vocab = load_run(digit_run["run_dir"])
     example = list(generate_strings("test", 5))[4]
@@ -183,7 +184,8 @@ def test_predict_prints_the_text_of_a_png(digit_run, tmp_path):
     version = digit_run["export_dir"] / MODEL_NAME / "1"
     code, out, err = run_cli(predict, [str(path), "--saved-model", str(version)])
     assert code == 0, err
-    tokens, scores = decode(model, example["image"][None], "beam", tta_shift=2)  # the preset's
+    decoding = read_metadata(version)["decoding"]  # the preset's views, as served
+    tokens, scores = decode(model, example["image"][None], "beam", tta_shift=decoding["tta_shift"])
     expected = f"  text: {vocab.decode(tokens[0])}  (score {scores[0]:.4f})"
     assert out.splitlines() == [str(path), expected]
 

