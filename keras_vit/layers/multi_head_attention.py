@@ -109,6 +109,36 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         self.output_dense.build((None, None, self.num_heads, self.value_dim))
 
+    def project(self, dense, inputs):
+        """`dense(inputs)` for one of the four projections, as a 2-D matmul over rows.
+
+        The `EinsumDense` layers hold the weights (Keras' names and shapes);
+        the arithmetic runs on `(B * T, features)` rows against the kernel
+        reshaped to 2-D. Same values, but on TensorFlow the einsum becomes a
+        batched matmul of `(B, T, D)` by a broadcast kernel whose kernel
+        gradient is `B` small matmuls plus a sum over the batch; as rows it
+        is one matmul (benchmarks/README.md, "attention"). Quantized or LoRA
+        layers keep their own call.
+
+        Args:
+            dense: `self.query_dense`, `key_dense`, `value_dense` or `output_dense`.
+            inputs: `(B, T, D)` for the input projections, `(B, T, H, dv)` for the output.
+
+        Returns:
+            `(B, T, H, head_dim)`, or `(B, T, output_dim)` for the output projection.
+        """
+        if dense.quantization_mode is not None or dense.lora_enabled:
+            return dense(inputs)
+        kernel = ops.cast(dense.kernel, self.compute_dtype)
+        heads_in = dense is self.output_dense
+        in_dim = kernel.shape[0] * kernel.shape[1] if heads_in else kernel.shape[0]
+        shape = ops.shape(inputs)
+        rows = ops.matmul(ops.reshape(inputs, (-1, in_dim)), ops.reshape(kernel, (in_dim, -1)))
+        if dense.bias is not None:
+            rows = rows + ops.reshape(ops.cast(dense.bias, self.compute_dtype), (-1,))
+        head_shape = tuple(kernel.shape[-1:] if heads_in else kernel.shape[1:])
+        return ops.reshape(rows, (shape[0], shape[1], *head_shape))
+
     def attend(self, query, key, value, mask=None, return_attention_scores=False,
                training=None):
         """Attention on projected heads: `(B, Tq, H, dk)`, `(B, Tk, H, dk)`, `(B, Tk, H, dv)`.
@@ -132,10 +162,11 @@ class MultiHeadAttention(keras.layers.Layer):
         key = value if key is None else key
         mask = merge_masks(ops.shape(query)[1], ops.shape(key)[1], attention_mask,
                            valid_lens, use_causal_mask)
-        output, weights = self.attend(self.query_dense(query), self.key_dense(key),
-                                      self.value_dense(value), mask,
+        output, weights = self.attend(self.project(self.query_dense, query),
+                                      self.project(self.key_dense, key),
+                                      self.project(self.value_dense, value), mask,
                                       return_attention_scores, training)
-        output = self.output_dense(output)
+        output = self.project(self.output_dense, output)
         return (output, weights) if return_attention_scores else output
 
     def init_cache(self, batch_size, max_length):
@@ -165,15 +196,16 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         steps = ops.shape(query)[1]
         max_length = ops.shape(cache)[2]
-        new_kv = ops.stack([self.key_dense(query), self.value_dense(query)], axis=1)
+        new_kv = ops.stack([self.project(self.key_dense, query),
+                            self.project(self.value_dense, query)], axis=1)
         # Not ops.slice_update: on TensorFlow it is an XLA-only op TF Serving lacks.
         cache = write_slice(cache, cache_update_index, new_kv, axis=2)
         mask = causal_mask(steps, max_length, offset=cache_update_index)
         if attention_mask is not None:
             mask = ops.logical_and(mask, ops.cast(attention_mask, "bool"))
-        output, weights = self.attend(self.query_dense(query), cache[:, 0], cache[:, 1], mask,
-                                      return_attention_scores, training)
-        output = self.output_dense(output)
+        output, weights = self.attend(self.project(self.query_dense, query), cache[:, 0],
+                                      cache[:, 1], mask, return_attention_scores, training)
+        output = self.project(self.output_dense, output)
         if return_attention_scores:
             return output, cache, weights
         return output, cache
