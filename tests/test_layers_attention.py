@@ -22,6 +22,7 @@ from layer_harness import (  # noqa: F401  (fixture is autouse)
     call_numpy,
     harness_tests,
     layer_class,
+    layer_gradients,
     make,
     np_causal_mask,
     np_masked_softmax,
@@ -30,6 +31,7 @@ from layer_harness import (  # noqa: F401  (fixture is autouse)
     random_weights_,
     rnd,
     to_numpy,
+    to_tensor,
 )
 
 B = 2
@@ -386,6 +388,84 @@ def test_mha_matches_keras_multi_head_attention(name):
         )
         np.testing.assert_allclose(scores2, ref_scores, atol=ATOL)
         np.testing.assert_allclose(out2, ref_out, atol=ATOL)
+
+
+def _keras_and_ours_mha(rng, **init):
+    """Keras' MultiHeadAttention with random weights, and ours with the same weights."""
+    q = rnd(rng, B, 5, 8)
+    ref_layer = keras.layers.MultiHeadAttention(**init)
+    call_numpy(ref_layer, (q, q), {})
+    random_weights_(ref_layer, rng, scale=0.4)
+    ours = make("MultiHeadAttention", **init)
+    call_numpy(ours, (q, q), {})
+    ours.set_weights(ref_layer.get_weights())
+    return ref_layer, ours, q
+
+
+MHA_GRADIENT_CASES = {
+    **{name: MHA_PARITY[name] for name in ("self", "output_shape", "no_bias")},
+    # value_dim == key_dim: Keras' layer fails under jax.jit otherwise.
+    "cross": dict(init={"num_heads": 2, "key_dim": 3}, tq=3, tk=6, dq=6, dv=10, dk=7),
+}
+
+
+@pytest.mark.parametrize("name", list(MHA_GRADIENT_CASES))
+def test_mha_gradients_match_keras_multi_head_attention(name):
+    # Our projections are 2-D matmuls over rows, Keras' are einsums: the
+    # gradients w.r.t. every weight and input must still be Keras'.
+    p = MHA_GRADIENT_CASES[name]
+    rng = np.random.default_rng(16)
+    q = rnd(rng, B, p["tq"], p["dq"])
+    v = q if name == "self" else rnd(rng, B, p["tk"], p["dv"])
+    kwargs = {} if p["dk"] is None else {"key": to_tensor(rnd(rng, B, p["tk"], p["dk"]))}
+    ref_layer = keras.layers.MultiHeadAttention(**p["init"])
+    call_numpy(ref_layer, (q, v), kwargs)
+    random_weights_(ref_layer, rng, scale=0.4)
+    ours = make("MultiHeadAttention", **p["init"])
+    call_numpy(ours, (q, v), kwargs)
+    ours.set_weights(ref_layer.get_weights())
+    args = (to_tensor(q), to_tensor(v))
+    projections = [rnd(rng, B, p["tq"], p["init"].get("output_shape", p["dq"]))]
+    ref_weights, ref_inputs = layer_gradients(ref_layer, args, kwargs, projections)
+    our_weights, our_inputs = layer_gradients(ours, args, kwargs, projections)
+    for ref, got in zip(ref_weights + ref_inputs, our_weights + our_inputs, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_mha_lora_projections_match_keras():
+    # A LoRA-enabled projection keeps EinsumDense's own call (kernel + A @ B).
+    rng = np.random.default_rng(17)
+    ref_layer, ours, q = _keras_and_ours_mha(rng, num_heads=2, key_dim=4)
+    without_lora = call_numpy(ref_layer, (q, q), {})
+    for layer in (ref_layer, ours):
+        for dense in (layer.query_dense, layer.value_dense, layer.output_dense):
+            dense.enable_lora(2)
+    for ref_dense, our_dense in ((ref_layer.query_dense, ours.query_dense),
+                                 (ref_layer.value_dense, ours.value_dense),
+                                 (ref_layer.output_dense, ours.output_dense)):
+        update = rng.normal(size=tuple(ref_dense.lora_kernel_b.shape)).astype("float32")
+        ref_dense.lora_kernel_b.assign(update)
+        our_dense.lora_kernel_b.assign(update)
+        our_dense.lora_kernel_a.assign(ref_dense.lora_kernel_a)
+    expected = call_numpy(ref_layer, (q, q), {})
+    assert np.abs(expected - without_lora).max() > 1e-3  # the LoRA update counts
+    np.testing.assert_allclose(call_numpy(ours, (q, q), {}), expected, atol=ATOL)
+
+
+def test_mha_int8_quantized_matches_keras():
+    # Quantized projections keep EinsumDense's quantized call: ours and Keras'
+    # quantize and compute alike.
+    rng = np.random.default_rng(18)
+    ref_layer, ours, q = _keras_and_ours_mha(rng, num_heads=2, key_dim=4)
+    models = []
+    for layer in (ref_layer, ours):
+        inputs = keras.Input((5, 8))
+        model = keras.Model(inputs, layer(inputs, inputs))
+        model.quantize("int8")
+        models.append(model)
+    assert ours.query_dense.quantization_mode == "int8"
+    expected = to_numpy(models[0](q))
+    np.testing.assert_allclose(to_numpy(models[1](q)), expected, atol=ATOL)
 
 
 def test_mha_weight_shapes_and_order():
