@@ -500,3 +500,32 @@ def test_one_size_folder_decodes_in_batches_like_decode_image(tmp_path, file_siz
             assert len(match) == 1, role
             unmatched.pop(match[0])
     assert not unmatched
+
+
+# ------------------------------------------------------------ resize_pixels
+
+
+@pytest.mark.parametrize("source, target", [((20, 17), (12, 12)), ((24, 36), (12, 12))])
+def test_resize_pixels_shrinks_by_area(source, target):
+    from pipelines.data.images import resize_pixels
+
+    pixels = np.random.default_rng(0).integers(0, 256, (*source, 3)).astype(np.uint8)
+    got = resize_pixels(pixels, target).numpy()
+    np.testing.assert_allclose(
+        got, tf.image.resize(pixels.astype(np.float32), target, method="area").numpy(), atol=1e-4)
+    if source == (24, 36):  # whole factors 2 and 3: each output pixel is a block's mean
+        blocks = pixels.astype(np.float64).reshape(12, 2, 12, 3, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(got, blocks, atol=1e-3)
+
+
+@pytest.mark.parametrize("source, target", [((7, 9), (12, 12)), ((12, 5), (12, 12)),
+                                            ((12, 30), (20, 12))])
+def test_resize_pixels_equals_antialiased_bilinear_when_any_side_grows(source, target):
+    # Enlarging: plain bilinear, which is what antialiased bilinear computes then;
+    # one side shrinking: antialiased bilinear itself.
+    from pipelines.data.images import resize_pixels
+
+    pixels = np.random.default_rng(1).integers(0, 256, (2, *source, 1)).astype(np.uint8)
+    expected = tf.image.resize(pixels.astype(np.float32), target, method="bilinear",
+                               antialias=True).numpy()
+    np.testing.assert_allclose(resize_pixels(pixels, target).numpy(), expected, atol=1e-4)

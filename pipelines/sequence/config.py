@@ -32,13 +32,12 @@ from pipelines.training.config import FIT_ON, check_positive_integers, check_rec
 #: right. On digit_strings that is 16 tokens instead of 64 for 4x4 patches: a
 #: third of the step time, and the decoder's cross-attention only has to align
 #: in one dimension (4x4 patches had not started reading digits after 4 epochs).
-#: float32 (bf16 is slower without AMX), XLA at batch 128: 63 ms per step vs
-#: 60 ms for half the batch as a graph (1.9x the images/s; at batch 64 XLA only
-#: gained 1.2x). `affine` augmentation (of whole batches), the final fit on
-#: train+validation and decoding from 25 shifted views (`tta_shift` 2, as the
-#: folder preset): test exact strings 97.40 %, CER 0.85 % (the same 40-epoch
-#: model read 96.80 % with 9 views; 34 epochs read ~95 %). Chosen by the runs
-#: recorded in README.md ("The preset, measured"; digit_strings, 2-core CPU).
+#: float32 (bf16 is slower without AMX), XLA at batch 128 (1.9x the images/s
+#: of half the batch as a graph; at batch 64 XLA only gained 1.2x). `affine`
+#: augmentation (of whole batches), the final fit on train+validation and
+#: decoding from 25 shifted views (`tta_shift` 2, as the folder preset).
+#: Chosen by the runs recorded in README.md ("The preset, measured";
+#: digit_strings, 2-core CPU), where its accuracy and time are.
 SEQUENCE_PRESET = {"variant": "Ti", "hidden_dim": 64, "depth": 4, "num_heads": 4,
                    "mlp_dim": 128, "position_embedding": "learned", "decoder_layers": 2,
                    "max_length": 8, "epochs": 40, "batch_size": 128, "learning_rate": 3e-3,
