@@ -18,6 +18,7 @@ Example:
 
 import tensorflow as tf
 
+
 def resize_pixels(image, size):
     """Resize `[H, W, C]` (or batched) pixels to `size`, staying in [0, 255].
 
