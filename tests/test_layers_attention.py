@@ -390,16 +390,18 @@ def test_mha_matches_keras_multi_head_attention(name):
         np.testing.assert_allclose(out2, ref_out, atol=ATOL)
 
 
-def _keras_and_ours_mha(rng, **init):
-    """Keras' MultiHeadAttention with random weights, and ours with the same weights."""
-    q = rnd(rng, B, 5, 8)
+def _keras_and_ours_mha(rng, init, args, kwargs):
+    """Keras' MultiHeadAttention with random weights, and ours with the same weights.
+
+    Both are built by a call on `args` / `kwargs`.
+    """
     ref_layer = keras.layers.MultiHeadAttention(**init)
-    call_numpy(ref_layer, (q, q), {})
+    call_numpy(ref_layer, args, kwargs)
     random_weights_(ref_layer, rng, scale=0.4)
     ours = make("MultiHeadAttention", **init)
-    call_numpy(ours, (q, q), {})
+    call_numpy(ours, args, kwargs)
     ours.set_weights(ref_layer.get_weights())
-    return ref_layer, ours, q
+    return ref_layer, ours
 
 
 MHA_GRADIENT_CASES = {
@@ -418,12 +420,7 @@ def test_mha_gradients_match_keras_multi_head_attention(name):
     q = rnd(rng, B, p["tq"], p["dq"])
     v = q if name == "self" else rnd(rng, B, p["tk"], p["dv"])
     kwargs = {} if p["dk"] is None else {"key": to_tensor(rnd(rng, B, p["tk"], p["dk"]))}
-    ref_layer = keras.layers.MultiHeadAttention(**p["init"])
-    call_numpy(ref_layer, (q, v), kwargs)
-    random_weights_(ref_layer, rng, scale=0.4)
-    ours = make("MultiHeadAttention", **p["init"])
-    call_numpy(ours, (q, v), kwargs)
-    ours.set_weights(ref_layer.get_weights())
+    ref_layer, ours = _keras_and_ours_mha(rng, p["init"], (q, v), kwargs)
     args = (to_tensor(q), to_tensor(v))
     projections = [rnd(rng, B, p["tq"], p["init"].get("output_shape", p["dq"]))]
     ref_weights, ref_inputs = layer_gradients(ref_layer, args, kwargs, projections)
@@ -435,7 +432,8 @@ def test_mha_gradients_match_keras_multi_head_attention(name):
 def test_mha_lora_projections_match_keras():
     # A LoRA-enabled projection keeps EinsumDense's own call (kernel + A @ B).
     rng = np.random.default_rng(17)
-    ref_layer, ours, q = _keras_and_ours_mha(rng, num_heads=2, key_dim=4)
+    q = rnd(rng, B, 5, 8)
+    ref_layer, ours = _keras_and_ours_mha(rng, {"num_heads": 2, "key_dim": 4}, (q, q), {})
     without_lora = call_numpy(ref_layer, (q, q), {})
     for layer in (ref_layer, ours):
         for dense in (layer.query_dense, layer.value_dense, layer.output_dense):
@@ -456,7 +454,8 @@ def test_mha_int8_quantized_matches_keras():
     # Quantized projections keep EinsumDense's quantized call: ours and Keras'
     # quantize and compute alike.
     rng = np.random.default_rng(18)
-    ref_layer, ours, q = _keras_and_ours_mha(rng, num_heads=2, key_dim=4)
+    q = rnd(rng, B, 5, 8)
+    ref_layer, ours = _keras_and_ours_mha(rng, {"num_heads": 2, "key_dim": 4}, (q, q), {})
     models = []
     for layer in (ref_layer, ours):
         inputs = keras.Input((5, 8))

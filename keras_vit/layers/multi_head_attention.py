@@ -11,6 +11,28 @@ from keras_vit.layers.updates import write_slice
 from keras_vit.layers.validation import check_positive_int, check_rate
 
 
+def dense_matrix(layer, dtype):
+    """A `Dense` or `EinsumDense` layer's weights as a 2-D matmul: `(kernel, bias or None)`.
+
+    `kernel` is `(D_in, D_out)`: a `(D, H, d)` input-projection kernel becomes
+    `(D, H * d)`, a `(H, d, E)` output-projection kernel (equation `abcd,...`)
+    `(H * d, E)`; `bias` is flattened to `(D_out,)`. Both in `dtype`.
+
+    Args:
+        layer: a built, unquantized `keras.layers.Dense` or `EinsumDense`.
+        dtype: the dtype to cast to (the compute dtype).
+
+    Example:
+    >>> kernel, bias = dense_matrix(mha.query_dense, "float32")  # (D, H * key_dim), (H * key_dim,)
+    """
+    kernel = ops.cast(layer.kernel, dtype)
+    heads_in = len(kernel.shape) == 3 and getattr(layer, "equation", "").startswith("abcd")
+    rows = kernel.shape[0] * kernel.shape[1] if heads_in else kernel.shape[0]
+    bias = getattr(layer, "bias", None)
+    return (ops.reshape(kernel, (rows, -1)),
+            None if bias is None else ops.reshape(ops.cast(bias, dtype), (-1,)))
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head scaled dot-product attention over `(batch, length, features)` inputs.
@@ -129,15 +151,14 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         if dense.quantization_mode is not None or dense.lora_enabled:
             return dense(inputs)
-        kernel = ops.cast(dense.kernel, self.compute_dtype)
-        heads_in = dense is self.output_dense
-        in_dim = kernel.shape[0] * kernel.shape[1] if heads_in else kernel.shape[0]
+        kernel, bias = dense_matrix(dense, self.compute_dtype)
         shape = ops.shape(inputs)
-        rows = ops.matmul(ops.reshape(inputs, (-1, in_dim)), ops.reshape(kernel, (in_dim, -1)))
-        if dense.bias is not None:
-            rows = rows + ops.reshape(ops.cast(dense.bias, self.compute_dtype), (-1,))
-        head_shape = tuple(kernel.shape[-1:] if heads_in else kernel.shape[1:])
-        return ops.reshape(rows, (shape[0], shape[1], *head_shape))
+        rows = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[0])), kernel)
+        if bias is not None:
+            rows = rows + bias
+        heads_in = dense is self.output_dense
+        out_shape = tuple(dense.kernel.shape[-1:] if heads_in else dense.kernel.shape[1:])
+        return ops.reshape(rows, (shape[0], shape[1], *out_shape))
 
     def attend(self, query, key, value, mask=None, return_attention_scores=False,
                training=None):

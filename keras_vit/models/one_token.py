@@ -27,6 +27,8 @@ import math
 import keras
 from keras import ops
 
+from keras_vit.layers.multi_head_attention import dense_matrix
+
 #: Added to the attention scores of keys a query may not see: exp() gives exactly 0.
 MASKED = -1e9
 
@@ -61,12 +63,9 @@ def _check_plain(layer):
 def _dense(layer, dtype, scale=None):
     """`Dense` or `EinsumDense` as a 2-D `(kernel (D_in, D_out), bias (D_out,) or None)`."""
     _check_plain(layer)
-    kernel = ops.convert_to_tensor(layer.kernel)
-    heads_in = len(kernel.shape) == 3 and layer.equation.startswith("abcd")
-    rows = kernel.shape[0] * kernel.shape[1] if heads_in else kernel.shape[0]
-    kernel = _variable(kernel, dtype, (rows, -1), scale)
-    bias = getattr(layer, "bias", None)
-    return Dense(kernel, None if bias is None else _variable(bias, dtype, (-1,), scale))
+    kernel, bias = dense_matrix(layer, dtype)
+    return Dense(_variable(kernel, dtype, scale=scale),
+                 None if bias is None else _variable(bias, dtype, scale=scale))
 
 
 def read_norm(layer):
