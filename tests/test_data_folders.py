@@ -502,6 +502,85 @@ def test_one_size_folder_decodes_in_batches_like_decode_image(tmp_path, file_siz
     assert not unmatched
 
 
+def epochs_of_ids(dataset, epochs):
+    """File ids of each epoch of a batched dataset, in the order they come, and batch sizes."""
+    iterator = iter(dataset.repeat())
+    batches = dataset.cardinality().numpy()
+    ids, sizes = [], set()
+    for _ in range(epochs):
+        epoch = [next(iterator) for _ in range(batches)]
+        sizes |= {int(images.shape[0]) for images, _ in epoch}
+        ids.append([i for images, _ in epoch for i in file_ids(images.numpy())])
+    return ids, sizes
+
+
+def test_uncached_training_split_shuffles_file_names_every_epoch(image_folder):
+    """Not cached: each epoch decodes every training file once, in a new seeded order.
+
+    The file names are shuffled before decoding, all at once (even with
+    `shuffle_buffer=1`, which bounds decoded images only: with the cache the
+    order is then the file order), and batched before decoding; labels follow
+    the files.
+    """
+    def load(seed, cache=False, **kwargs):
+        return load_datasets(image_folder, batch_size=4, augment=False, cache=cache, seed=seed,
+                             deterministic=True, shuffle_buffer=1, **kwargs)
+
+    cached_ids = file_ids(collect(load(0, cache=True).train)[0])
+    assert cached_ids == sorted(cached_ids)  # buffer 1: no shuffle of decoded images
+    epochs, sizes = epochs_of_ids(load(0).train, 3)
+    assert all(sorted(epoch) == cached_ids for epoch in epochs)  # 18 files, once each
+    assert len({tuple(epoch) for epoch in epochs}) == 3 and epochs[0] != cached_ids
+    assert sizes == {4, 2}
+    assert epochs_of_ids(load(0).train, 3)[0] == epochs  # seeded
+    assert epochs_of_ids(load(1).train, 1)[0][0] != epochs[0]
+    dropped, sizes = epochs_of_ids(load(0, drop_remainder=True).train, 2)
+    assert sizes == {4} and all(len(set(epoch)) == 16 for epoch in dropped)
+    for images, labels in load(0).train:
+        assert [i // 10 for i in file_ids(images.numpy())] == labels.numpy().tolist()
+
+
+def test_uncached_training_on_train_and_validation_shuffles_both(image_folder):
+    """`--fit-on train+validation` without a cache: the two splits' files shuffled together."""
+    from pipelines.data.loading import batch_splits, read_source
+    from pipelines.training.data_loading import fit_splits
+
+    splits = read_source(image_folder, image_size=None, data_dir=None, offline=True,
+                         validation_fraction=0.2, seed=0, on_bad_image="error")
+    expected = sorted(file_ids(collect(load_datasets(image_folder, augment=False).train)[0])
+                      + file_ids(collect(load_datasets(image_folder).validation)[0]))
+    train = batch_splits(fit_splits(splits, "train+validation"), batch_size=5, augment=False,
+                         cache=False, deterministic=True).train
+    (first, second), _ = epochs_of_ids(train, 2)
+    assert sorted(first) == sorted(second) == expected and first != second
+    assert first[:18] != sorted(first[:18])  # not train's files, then validation's
+
+
+def test_uncached_mixed_size_folder_decodes_batches_like_decode_image(tmp_path):
+    """Files of two sizes, decoded in training batches: `decode_image`'s pixels, file by file."""
+    from pipelines.data.images import decode_image
+
+    rng = np.random.default_rng(3)
+    reference = {}
+    for index in range(12):
+        folder = tmp_path / f"class_{index % 2}"
+        folder.mkdir(exist_ok=True)
+        size = (12, 10) if index % 3 else (7, 9)
+        path = str(folder / f"{index:02d}.png")
+        tf.io.write_file(path, tf.io.encode_png(rng.integers(0, 256, (*size, 3), np.uint8)))
+        reference[path] = decode_image(tf.io.read_file(path), (12, 10, 3)).numpy()
+    data = load_datasets(str(tmp_path), batch_size=3, augment=False, cache=False,
+                         validation_fraction=0.1)
+    images, labels = collect(data.train)
+    assert len(images) == data.info.num_train == 8
+    unmatched = list(reference.items())
+    for image, label in zip(images, labels):
+        match = [i for i, (path, ref) in enumerate(unmatched)
+                 if np.array_equal(ref, image) and f"class_{label}" in path]
+        assert len(match) == 1
+        unmatched.pop(match[0])
+
+
 # ------------------------------------------------------------ resize_pixels
 
 

@@ -23,6 +23,7 @@ Example:
     {'train': 'train/', 'validation': 'carved from train/ (0.2 of each class)', 'test': 'test/'}
 """
 
+import dataclasses
 import logging
 import os
 
@@ -77,11 +78,11 @@ def folder_splits(root, image_size, validation_fraction, seed, on_bad_image):
     conversions = describe_conversions(name, headers, image_shape)
     if conversions:
         log.info("%s", conversions)
-    sizes = {(h.height, h.width) for h in headers}  # the good files only
-    datasets = {role: _decoded(paths, labels, image_shape, sizes)
-                for role, (paths, labels) in parts.items()}
+    sizes = frozenset((h.height, h.width) for h in headers)  # the good files only
+    files = {role: FileSplit(tuple(paths), tuple(labels), tuple(image_shape), sizes)
+             for role, (paths, labels) in parts.items()}
     return SourceSplits(
-        **datasets,
+        **{role: split.decoded() for role, split in files.items()},
         info=DatasetInfo(
             name=name,
             image_shape=image_shape,
@@ -93,6 +94,7 @@ def folder_splits(root, image_size, validation_fraction, seed, on_bad_image):
             skipped_files=skipped,
         ),
         flip_invariant=image_shape[2] == 3,
+        files=files,
     )
 
 
@@ -297,26 +299,79 @@ def stratified_carve(files, fraction, seed, carved_roles):
     return parts
 
 
-#: Files decoded per map call on the one-size fast path.
+#: Files decoded per map call when a split is decoded in file order.
 DECODE_BATCH = 64
 
 
-def _decoded(paths, labels, image_shape, sizes):
-    """Unbatched (float32 image of `image_shape`, int32 label) dataset of one split's files.
+@dataclasses.dataclass(frozen=True)
+class FileSplit:
+    """One split's image files, and how they are decoded.
 
-    Every file of one size (`sizes` has one entry): files are read and decoded
-    `DECODE_BATCH` at a time and resized in one op (`decode_same_size_files`).
-    Mixed sizes: `decode_image` file by file. Both give the same pixels.
+    `SourceSplits.files` holds one per role, so that a training split that is
+    not cached can be shuffled as file names and decoded in training batches
+    (`batches`), instead of being decoded in file order and shuffled after:
+    a shuffle buffer of decoded images has to fill before it yields anything,
+    so decoding and the rest of the pipeline took turns at every epoch, and
+    regrouping images one by one into batches cost tf.data work per image.
+
+    Attributes:
+        paths, labels: the files, in split order, and their class indices.
+        image_shape: `(H, W, C)` every image is decoded to.
+        sizes: the `(height, width)` of the files (one entry: the batched fast path).
+
+    Example:
+        >>> split.batches(128, seed=0).element_spec[0].shape
+        TensorShape([None, 32, 32, 3])
     """
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-    if len(sizes) == 1:
-        (size,) = sizes
-        return ds.batch(DECODE_BATCH).map(
-            lambda batch, batch_labels: (decode_same_size_files(batch, size, image_shape),
-                                         batch_labels),
+
+    paths: tuple
+    labels: tuple
+    image_shape: tuple
+    sizes: frozenset
+
+    def __add__(self, other):
+        """`self`'s files followed by `other`'s (training on train+validation)."""
+        return dataclasses.replace(self, paths=self.paths + other.paths,
+                                   labels=self.labels + other.labels,
+                                   sizes=self.sizes | other.sizes)
+
+    def _files(self):
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.constant(self.paths, tf.string), tf.constant(self.labels, tf.int32)))
+
+    def _decode(self, paths):
+        """float32 `[batch, H, W, C]` pixels of a `[batch]` of paths."""
+        if len(self.sizes) == 1:
+            (size,) = self.sizes
+            return decode_same_size_files(paths, size, self.image_shape)
+        return tf.map_fn(lambda path: decode_image(tf.io.read_file(path), self.image_shape),
+                         paths, fn_output_signature=tf.TensorSpec(self.image_shape, tf.float32))
+
+    def decoded(self):
+        """Unbatched (float32 image, int32 label) dataset, in file order.
+
+        Files are read and decoded `DECODE_BATCH` at a time (every file of one
+        size: resized in one op, `decode_same_size_files`); the pixels are
+        those of `decode_image` file by file.
+        """
+        return self._files().batch(DECODE_BATCH).map(
+            lambda paths, labels: (self._decode(paths), labels),
             num_parallel_calls=AUTOTUNE).unbatch().apply(
                 # unbatch() forgets the count; the training job sizes its epochs by it.
-                tf.data.experimental.assert_cardinality(len(paths)))
-    return ds.map(lambda path, label: (decode_image(tf.io.read_file(path), image_shape), label),
-                  num_parallel_calls=AUTOTUNE)
+                tf.data.experimental.assert_cardinality(len(self.paths)))
+
+    def batches(self, batch_size, *, seed, drop_remainder=False):
+        """Batches of (float32 images, int32 labels), files reshuffled every epoch.
+
+        All file names are shuffled at once (a perfect shuffle costs only the
+        names), seeded, in a new order each iteration; each batch of names is
+        then read and decoded in one map call.
+
+        Args:
+            batch_size: files per batch.
+            seed: seeds the shuffle.
+            drop_remainder: drop the last, smaller batch.
+        """
+        files = self._files().shuffle(len(self.paths), seed=seed, reshuffle_each_iteration=True)
+        return files.batch(batch_size, drop_remainder=drop_remainder).map(
+            lambda paths, labels: (self._decode(paths), labels), num_parallel_calls=AUTOTUNE)

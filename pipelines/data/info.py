@@ -70,7 +70,10 @@ class SourceSplits:
 
     Images are uint8 or float32 with a static (H, W, C) shape, labels int32.
     `flip_invariant` says whether mirrored images stay plausible (the default
-    augmentation flips only then).
+    augmentation flips only then). `files` is {role: `pipelines.data.folder.FileSplit`}
+    for sources read file by file (image folders), None otherwise: a training
+    split that is not cached is then shuffled as file names and decoded in
+    training batches (`pipelines.data.stages.finish`).
     """
 
     train: "tf.data.Dataset"  # noqa: F821
@@ -78,3 +81,4 @@ class SourceSplits:
     test: "tf.data.Dataset"  # noqa: F821
     info: DatasetInfo
     flip_invariant: bool
+    files: dict = None

@@ -67,7 +67,9 @@ def load_datasets(
         cache: True caches decoded images in memory when a split fits in
             CACHE_BUDGET_BYTES, False never caches, a string is a file prefix for
             an on-disk cache (one file set per split).
-        shuffle_buffer: shuffle buffer size for the training split (> 0).
+        shuffle_buffer: shuffle buffer size for the training split (> 0), in
+            decoded images. An image folder's training split that is not cached
+            is shuffled as file names instead, all at once, before decoding.
         drop_remainder: drop the training split's last, smaller batch (when there
             is at least one full batch). One batch shape means one traced and
             compiled train step; reshuffling still shows every example.
@@ -142,7 +144,8 @@ def batch_splits(splits, *, batch_size, augment=True, augmentation=None, seed=0,
     train = finish(splits.train, "train", info.num_train, training=True,
                    augmentation=augmentation, seed=seed, deterministic=deterministic,
                    shuffle_buffer=shuffle_buffer, drop_remainder=drop_remainder,
-                   batch_size=batch_size, cache=cache)
+                   batch_size=batch_size, cache=cache,
+                   files=splits.files["train"] if splits.files else None)
     # Evaluation splits in even batches: one shape for a compiled test step where possible.
     return Datasets(
         train=train,

@@ -26,8 +26,13 @@ CACHE_BUDGET_BYTES = 2 * 1024**3
 
 def finish(ds, role, num_examples, *, batch_size, cache, training=False,
            augmentation="none", seed=0, deterministic=True, shuffle_buffer=1,
-           drop_remainder=False):
+           drop_remainder=False, files=None):
     """Cache -> (train: shuffle) -> batch -> float32 (train: augment) -> prefetch.
+
+    A training split read from files (`files`) that is not cached skips the
+    first three: its file names are shuffled and each batch of files decoded
+    at once (`FileSplit.batches`), so no buffer of decoded images has to fill
+    at every epoch.
 
     Args:
         ds: unbatched (image, label) dataset of one split.
@@ -36,16 +41,20 @@ def finish(ds, role, num_examples, *, batch_size, cache, training=False,
         batch_size, cache, augmentation, seed, deterministic, shuffle_buffer,
         drop_remainder: as for `load_datasets`.
         training: shuffle and augment (the training split only).
+        files: the split's `pipelines.data.folder.FileSplit`, or None.
 
     Returns:
         The batched, prefetched dataset.
     """
-    ds = maybe_cache(ds, role, num_examples, cache)
-    if training:
-        ds = ds.shuffle(
-            min(shuffle_buffer, max(num_examples, 1)), seed=seed, reshuffle_each_iteration=True
-        )
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder and num_examples >= batch_size)
+    drop_remainder = drop_remainder and num_examples >= batch_size
+    if training and files is not None and not caches(ds, role, num_examples, cache):
+        ds = files.batches(batch_size, seed=seed, drop_remainder=drop_remainder)
+    else:
+        ds = maybe_cache(ds, role, num_examples, cache)
+        if training:
+            ds = ds.shuffle(min(shuffle_buffer, max(num_examples, 1)), seed=seed,
+                            reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if training and augmentation != "none":
         # Whole batches at once (one warp per batch: pipelines.data.augmentation),
         # stateless ops fed with per-batch seeds from a seeded random stream:
@@ -92,19 +101,31 @@ def even_batch_size(num_examples, batch_size):
     return -(-num_examples // batches)
 
 
-def maybe_cache(ds, role, num_examples, cache):
-    """Caches `ds` on disk (cache is a path prefix) or in memory (when it fits).
+def caches(ds, role, num_examples, cache):
+    """Whether `maybe_cache` caches `ds`: on disk (a path prefix), or in memory when it fits.
 
     Example:
-        >>> maybe_cache(ds, "train", 1149, "/tmp/cache/digits")  # /tmp/cache/digits-train*
+        >>> caches(ds, "train", 1149, True)  # 1149 8x8 images: far below the budget
+        True
     """
-    if cache is False:
-        return ds
-    if isinstance(cache, str):
-        return ds.cache(f"{cache}-{role}")
+    if cache is False or isinstance(cache, str):
+        return cache is not False
     spec = ds.element_spec[0]
     nbytes = num_examples * int(np.prod(spec.shape)) * spec.dtype.size
     if nbytes > CACHE_BUDGET_BYTES:
         log.info("not caching %s split: %.1f GiB > budget", role, nbytes / 1024**3)
+        return False
+    return True
+
+
+def maybe_cache(ds, role, num_examples, cache):
+    """Caches `ds` on disk (cache is a path prefix) or in memory (when it fits: `caches`).
+
+    Example:
+        >>> maybe_cache(ds, "train", 1149, "/tmp/cache/digits")  # /tmp/cache/digits-train*
+    """
+    if not caches(ds, role, num_examples, cache):
         return ds
+    if isinstance(cache, str):
+        return ds.cache(f"{cache}-{role}")
     return ds.cache()

@@ -115,8 +115,10 @@ def fit_splits(splits, fit_on):
         raise ValueError(f"--fit-on must be 'train' or 'train+validation'; received {fit_on!r}")
     info = dataclasses.replace(splits.info,
                                num_train=splits.info.num_train + splits.info.num_validation)
+    files = splits.files and dict(splits.files,
+                                  train=splits.files["train"] + splits.files["validation"])
     return dataclasses.replace(splits, train=splits.train.concatenate(splits.validation),
-                               info=info)
+                               info=info, files=files)
 
 
 def describe_fit(config, info):
