@@ -108,8 +108,10 @@ def caches(ds, role, num_examples, cache):
         >>> caches(ds, "train", 1149, True)  # 1149 8x8 images: far below the budget
         True
     """
-    if cache is False or isinstance(cache, str):
-        return cache is not False
+    if cache is False:
+        return False
+    if isinstance(cache, str):
+        return True
     spec = ds.element_spec[0]
     nbytes = num_examples * int(np.prod(spec.shape)) * spec.dtype.size
     if nbytes > CACHE_BUDGET_BYTES:
