@@ -36,7 +36,7 @@ from pipelines.data.image_scan import (
     describe_conversions,
     scan_images,
 )
-from pipelines.data.images import decode_image, decode_same_size_files
+from pipelines.data.images import decode_image_batch, decode_same_size_files
 from pipelines.data.info import DatasetInfo, SourceSplits
 from pipelines.data.options import IMAGE_EXTENSIONS, SPLIT_FOLDER_NAMES
 
@@ -344,8 +344,7 @@ class FileSplit:
         if len(self.sizes) == 1:
             (size,) = self.sizes
             return decode_same_size_files(paths, size, self.image_shape)
-        return tf.map_fn(lambda path: decode_image(tf.io.read_file(path), self.image_shape),
-                         paths, fn_output_signature=tf.TensorSpec(self.image_shape, tf.float32))
+        return decode_image_batch(paths, self.image_shape, read=tf.io.read_file)
 
     def decoded(self):
         """Unbatched (float32 image, int32 label) dataset, in file order.

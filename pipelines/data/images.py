@@ -106,7 +106,7 @@ def decode_image(image_bytes, image_shape):
     return tf.ensure_shape(image, (height, width, channels))
 
 
-def decode_image_batch(images_bytes, image_shape):
+def decode_image_batch(images_bytes, image_shape, *, read=None):
     """Decode a `[batch]` tf.string tensor into float32 `[batch, H, W, C]`.
 
     An empty batch gives `[0, H, W, C]`: `tf.map_fn` with a `fn_output_signature`
@@ -114,8 +114,9 @@ def decode_image_batch(images_bytes, image_shape):
     empty TensorList loses at run time.
 
     Args:
-        images_bytes: 1-D tf.string tensor of encoded images.
+        images_bytes: 1-D tf.string tensor of encoded images (of file paths with `read`).
         image_shape: `(H, W, C)`.
+        read: None, or applied to each element first (`tf.io.read_file` for paths).
 
     Example:
         >>> decode_image_batch(tf.constant([png_bytes]), (8, 8, 1)).shape
@@ -123,7 +124,7 @@ def decode_image_batch(images_bytes, image_shape):
     """
     image_shape = tuple(image_shape)
     images = tf.map_fn(
-        lambda data: decode_image(data, image_shape),
+        lambda data: decode_image(data if read is None else read(data), image_shape),
         images_bytes,
         fn_output_signature=tf.TensorSpec(image_shape, tf.float32),
     )

@@ -47,10 +47,13 @@ def finish(ds, role, num_examples, *, batch_size, cache, training=False,
         The batched, prefetched dataset.
     """
     drop_remainder = drop_remainder and num_examples >= batch_size
-    if training and files is not None and not caches(ds, role, num_examples, cache):
+    cached = caches(ds, role, num_examples, cache)
+    if training and files is not None and not cached:
         ds = files.batches(batch_size, seed=seed, drop_remainder=drop_remainder)
     else:
-        ds = maybe_cache(ds, role, num_examples, cache)
+        if cached:
+            # A path prefix caches on disk (one file set per split), "" in memory.
+            ds = ds.cache(f"{cache}-{role}" if isinstance(cache, str) else "")
         if training:
             ds = ds.shuffle(min(shuffle_buffer, max(num_examples, 1)), seed=seed,
                             reshuffle_each_iteration=True)
@@ -102,7 +105,7 @@ def even_batch_size(num_examples, batch_size):
 
 
 def caches(ds, role, num_examples, cache):
-    """Whether `maybe_cache` caches `ds`: on disk (a path prefix), or in memory when it fits.
+    """Whether `finish` caches `ds`: on disk (a path prefix), or in memory when it fits.
 
     Example:
         >>> caches(ds, "train", 1149, True)  # 1149 8x8 images: far below the budget
@@ -118,16 +121,3 @@ def caches(ds, role, num_examples, cache):
         log.info("not caching %s split: %.1f GiB > budget", role, nbytes / 1024**3)
         return False
     return True
-
-
-def maybe_cache(ds, role, num_examples, cache):
-    """Caches `ds` on disk (cache is a path prefix) or in memory (when it fits: `caches`).
-
-    Example:
-        >>> maybe_cache(ds, "train", 1149, "/tmp/cache/digits")  # /tmp/cache/digits-train*
-    """
-    if not caches(ds, role, num_examples, cache):
-        return ds
-    if isinstance(cache, str):
-        return ds.cache(f"{cache}-{role}")
-    return ds.cache()
