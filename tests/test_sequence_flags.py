@@ -396,13 +396,36 @@ def test_variant_precision_and_xla_reach_the_model_fit_trains(overwritten):
 @pytest.mark.slow
 def test_fit_on_train_and_validation_skips_validation_and_keeps_the_last_epoch(
         interrupted, tiny_dataset, tmp_path):
+    """Also `--train-strings fixed` (and no augmentation): the job trains on the builder's
+    own strings, those of train and validation (the interrupted run, the default,
+    composes fresh ones)."""
+    import pipelines.sequence.data as sequence_data
+
     run_dir = tmp_path / "run"
     argv = with_flag(interrupted["argv"], "--output-dir", str(run_dir))
-    code, out, err = run_train(with_flag(with_flag(argv, "--epochs", "1"), "--fit-on",
-                                         "train+validation"))
+    loaded = []
+
+    def recording_loader(*args, **kwargs):
+        loaded.append(load_sequence_data(*args, **kwargs))
+        return loaded[-1]
+
+    load_sequence_data = sequence_data.load_sequence_data
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sequence_data, "load_sequence_data", recording_loader)
+        code, out, err = run_train(with_flag(with_flag(argv, "--epochs", "1"), "--fit-on",
+                                             "train+validation")
+                             + ["--train-strings", "fixed", "--augmentation", "none"])
     assert code == 0, err[-3000:]
+    builder = tfds.builder(tiny_dataset, data_dir=str(interrupted["data_dir"]))
+    fixed = {image.tobytes() for split in ("train", "validation") for image, _ in
+             tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True))}
+    trained = np.concatenate([x.numpy() for (x, _), _, _ in loaded[0].train]).astype(np.uint8)
+    assert len(trained) == TRAIN_SIZE + HELD_OUT_SIZE - (TRAIN_SIZE + HELD_OUT_SIZE) % BATCH
+    assert all(image.tobytes() in fixed for image in trained)
+    assert "training strings: new every epoch" not in out
+    assert "training strings: new every epoch" in interrupted["out"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["fit_on"] == "train+validation"
+    assert metrics["fit_on"] == "train+validation" and metrics["train_strings"] == "fixed"
     history = json.loads((run_dir / "history.json").read_text())
     assert len(history["loss"]) == 1 and "val_loss" not in history
     assert not (run_dir / "best.weights.h5").exists() and (run_dir / "best.keras").is_file()
@@ -431,6 +454,7 @@ def test_debug_adds_the_traceback_to_the_error(tmp_path):
     (["--beam-width", "0"], "--beam-width must be a positive integer; received 0"),
     (["--length-penalty", "-1"], "--length-penalty must be a number >= 0"),
     (["--tta-shift", "-1"], "--tta-shift must be an integer >= 0; received -1"),
+    (["--max-length", "5"], "--train-strings fresh composes strings of up to 5 digits"),
     (["--dropout", "1.5"], "--dropout must be a number in [0, 1); received 1.5"),
     (["--label-smoothing", "1"], "--label-smoothing"),
 ])

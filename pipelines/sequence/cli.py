@@ -21,7 +21,7 @@ from pipelines.options import (
     TASKS,  # noqa: E402  (defined once, for every CLI)
 )
 from pipelines.sequence.config import SEQUENCE_PRESET, STRIP_WIDTH, SequenceConfig
-from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET
+from pipelines.sequence.data import DEFAULT_SEQUENCE_DATASET, TRAIN_STRINGS
 from pipelines.training.config import FIT_ON
 
 
@@ -82,6 +82,11 @@ def _add_data_and_model(parser):
     data.add_argument("--augmentation", choices=SEQUENCE_AUGMENTATIONS,
                       help="training-image augmentation: crop (shifts) or affine (rotation/zoom "
                            "+ shifts), or none; default: the preset's (affine)")
+    data.add_argument("--train-strings", choices=TRAIN_STRINGS,
+                      help="fixed: train on the dataset's training examples; fresh "
+                           "(digit_strings only): compose new strings every epoch from the "
+                           "digit images of the splits fitted on, each digit augmented on its "
+                           "own (--augmentation); default: fresh on digit_strings, else fixed")
     data.add_argument("--max-length", type=int,
                       help="longest output in tokens: the longest label plus its end token")
     model = parser.add_argument_group("model")

@@ -35,6 +35,8 @@ from pipelines.sequence.vocab import START, CharVocabulary
 
 #: The default sequence dataset (embedded, no network).
 DEFAULT_SEQUENCE_DATASET = "digit_strings"
+#: `--train-strings`: the source's fixed training examples, or new digit strings each epoch.
+TRAIN_STRINGS = ("fixed", "fresh")
 
 
 @dataclasses.dataclass
@@ -85,6 +87,32 @@ def read_source(source, *, image_size=None, data_dir=None, offline=False, seed=0
     if is_folder_source(source):
         return read_folder(source.removeprefix(FOLDER_PREFIX), image_size, seed)
     return read_tfds(source, data_dir, offline, seed)
+
+
+def check_train_strings(train_strings, source, max_length):
+    """Raises ValueError unless `train_strings` is "fixed", or "fresh" for ``digit_strings``.
+
+    Fresh strings need `max_length` room for the longest string plus its end token.
+    """
+    if train_strings not in TRAIN_STRINGS:
+        raise ValueError(f"--train-strings must be one of {TRAIN_STRINGS}; "
+                         f"received {train_strings!r}")
+    if train_strings == "fresh":
+        if not composes_fresh_strings(source):
+            raise ValueError(f"--train-strings fresh composes digit_strings examples; dataset "
+                             f"{source!r} is not digit_strings (use --train-strings fixed)")
+        from pipelines.data.digit_strings import MAX_DIGITS
+
+        if max_length < MAX_DIGITS + 1:
+            raise ValueError(f"--train-strings fresh composes strings of up to {MAX_DIGITS} "
+                             f"digits: --max-length must be >= {MAX_DIGITS + 1} (with the end "
+                             f"token); received {max_length}")
+
+
+def composes_fresh_strings(source):
+    """Whether `source` is a ``digit_strings`` config, whose training strings can be composed anew."""
+    name = source.split(":")[0]
+    return not is_folder_source(source) and name.split("/")[0] == "digit_strings"
 
 
 def encode_splits(raw, max_length):
@@ -153,7 +181,7 @@ def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, traini
 
 def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_length,
                        image_size=None, data_dir=None, offline=False, seed=0,
-                       augmentation="none", fit_on="train"):
+                       augmentation="none", fit_on="train", train_strings="fixed"):
     """Checked, encoded and batched splits of a sequence source (see the module docstring).
 
     Args:
@@ -168,6 +196,11 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
         fit_on: "train", or "train+validation": the training pipeline holds the
             validation examples too (the validation pipeline is still built;
             `info` keeps the source's split sizes).
+        train_strings: "fixed": train on the source's training examples;
+            "fresh" (``digit_strings`` only): new strings every epoch, as many
+            as the training split holds, composed from the digit images of the
+            splits fitted on, each digit augmented on its own
+            (`pipelines.sequence.fresh_strings`).
 
     Returns:
         `SequenceData`.
@@ -175,6 +208,7 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
     Raises:
         ValueError: unusable source, bad file, unknown character, empty or too long label.
     """
+    check_train_strings(train_strings, source, max_length)
     raw = read_source(source, image_size=image_size, data_dir=data_dir, offline=offline,
                       seed=seed)
     vocab, tokens = encode_splits(raw, max_length)
@@ -188,7 +222,15 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
     pipelines = {role: make_pipeline(splits[role], tokens[role], shape, vocab.size,
                                      batch_size, training=role == "train", seed=seed,
                                      augmentation=augmentation)
-                 for role in ROLES}
+                 for role in ROLES if role != "train" or train_strings == "fixed"}
+    if train_strings == "fresh":
+        from pipelines.sequence.fresh_strings import digit_pool, fresh_string_batches
+
+        glyphs, classes = digit_pool(fit_on.split("+"))
+        pipelines["train"] = fresh_string_batches(
+            glyphs, classes, vocab, max_length=max_length, batch_size=batch_size,
+            num_batches=max(1, len(tokens["train"]) // batch_size), seed=seed,
+            augmentation=augmentation, canvas_shape=shape)
     test = raw.splits["test"]
     test_images = np.concatenate(
         [batch.numpy() for batch in _images_dataset(test, shape).batch(1024)]

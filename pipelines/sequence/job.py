@@ -39,7 +39,8 @@ def _load(config):
     return load_sequence_data(config.dataset, batch_size=config.batch_size,
                               max_length=config.max_length, image_size=config.image_size,
                               data_dir=config.data_dir, offline=config.offline, seed=config.seed,
-                              augmentation=config.augmentation, fit_on=config.fit_on)
+                              augmentation=config.augmentation, fit_on=config.fit_on,
+                              train_strings=config.train_strings)
 
 
 def train_sequence(config, log=print):
@@ -73,6 +74,9 @@ def train_sequence(config, log=print):
             f"{info.num_test} test images of shape {info.image_shape}; vocabulary "
             f"{''.join(info.vocab.characters)!r} ({info.vocab.size} tokens)")
         log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}")
+        if config.train_strings == "fresh":
+            log(f"training strings: new every epoch, from the {config.fit_on} digit images, "
+                f"each digit augmented ({config.augmentation}) on its own")
         resumed = prepare_sequence_run(config, plan, info.vocab, log)
         fitted = phases.timed("fit", fit_sequence_model, config, data, log)
         metrics = {"task": "sequence", "dataset": info.name, "precision": policy,
@@ -80,6 +84,7 @@ def train_sequence(config, log=print):
                    "vocabulary": "".join(info.vocab.characters), "max_length": config.max_length,
                    "beam_width": config.beam_width, "length_penalty": config.length_penalty,
                    "tta_shift": config.tta_shift, "fit_on": config.fit_on,
+                   "train_strings": config.train_strings,
                    "split_origins": info.split_origins}
         _finish(config, data, fitted, metrics, phases, log)
         metrics["wall_seconds"] = time.perf_counter() - job_start

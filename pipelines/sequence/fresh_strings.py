@@ -1,0 +1,255 @@
+"""New `digit_strings` training strings every epoch, composed in the input pipeline.
+
+`digit_strings` (`pipelines.data.digit_strings`) stores a fixed set of
+training strings: 20,000 layouts of the ~1,100 training digit images, each
+string warped as one canvas by the `affine` augmentation. A string model's
+test errors are then almost all single digit images it misreads wherever they
+appear (a substitution, never a lost or extra digit): what limits it is how
+well it knows each digit, as for the digits classifier, which sees every digit
+distorted on its own. `fresh_string_batches` composes new strings for every
+batch with the builder's own layout rules (1-5 digits, gaps of 0-`MAX_GAP`
+columns, a random margin and baseline, +-`JITTER` rows per digit) from the
+same split's digit images, each digit augmented on its own first. Test and
+validation strings stay the builder's fixed ones, made of unseen digits.
+
+All in TensorFlow ops on whole batches, seeded per batch (stateless), so the
+pipeline keeps up with the model and a run with one seed repeats exactly:
+
+* layout: counts, digit picks, gaps, margin, baseline and jitter as in
+  `digit_strings.sample_layout`;
+* per-digit augmentation: `batch_augmenter(kind)` on each digit padded by
+  `GLYPH_PAD` pixels (so a rotation keeps its corners);
+* rendering: each digit placed with two 0/1 selection matrices
+  (`rows @ digit @ columns`), the canvas their maximum (`digit_strings.render`).
+
+Example:
+>>> glyphs, classes = digit_pool(("train",))
+>>> batches = fresh_string_batches(glyphs, classes, vocab, max_length=8, batch_size=128,
+...                                num_batches=171, seed=0, augmentation="affine")
+>>> (images, decoder_tokens), one_hot, weights = next(iter(batches))
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines.data.digit_strings import (
+    CANVAS_SHAPE,
+    DIGIT_SIZE,
+    JITTER,
+    MAX_DIGITS,
+    MAX_GAP,
+    MIN_DIGITS,
+)
+from pipelines.sequence.vocab import END, PAD, START
+
+#: Blank pixels around each digit before its own augmentation: a 10-degree
+#: rotation or a 10 % zoom of an 8x8 digit reaches ~1 pixel past its box.
+GLYPH_PAD = 2
+
+
+def digit_pool(splits):
+    """uint8 digit images `(N, 8, 8)` and their classes `(N,)` of `uci_digits` splits.
+
+    The pool `digit_strings` draws the strings of those splits from
+    (`split_indices`, the fixed digits split).
+
+    Args:
+        splits: names among "train", "validation", "test".
+    """
+    from sklearn.datasets import load_digits
+
+    from pipelines.data.digits import split_indices, to_pixel_scale
+
+    digits = load_digits()
+    indices = np.sort(np.concatenate([split_indices()[split] for split in splits]))
+    return to_pixel_scale(digits.images)[indices], digits.target[indices].astype(np.int64)
+
+
+def sample_layouts(seed, batch_size, canvas_shape=CANVAS_SHAPE):
+    """Random string layouts, `digit_strings.sample_layout`'s rules, for a batch.
+
+    Args:
+        seed: int tensor `(2,)`, a stateless seed.
+        batch_size: int.
+        canvas_shape: (height, width, channels).
+
+    Returns:
+        `(counts int32 (B,), boxes int32 (B, MAX_DIGITS, 2))`: digits per string in
+        [MIN_DIGITS, MAX_DIGITS] and the top-left (row, col) of each slot (slots
+        past a string's count are placed but unused).
+    """
+    height, width = int(canvas_shape[0]), int(canvas_shape[1])
+    count_seed, gap_seed, left_seed, base_seed, jitter_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5))
+    counts = tf.random.stateless_uniform((batch_size,), count_seed, MIN_DIGITS, MAX_DIGITS + 1,
+                                         tf.int32)
+    gaps = tf.random.stateless_uniform((batch_size, MAX_DIGITS - 1), gap_seed, 0, MAX_GAP + 1,
+                                       tf.int32)
+    # Only the gaps between a string's own digits count toward its span.
+    gaps = tf.where(tf.range(1, MAX_DIGITS)[None] < counts[:, None], gaps, 0)
+    span = counts * DIGIT_SIZE + tf.reduce_sum(gaps, axis=1)
+    left = tf.cast(tf.random.stateless_uniform((batch_size,), left_seed)
+                   * tf.cast(width - span + 1, tf.float32), tf.int32)
+    offsets = tf.concat([tf.zeros((batch_size, 1), tf.int32),
+                         tf.cumsum(gaps + DIGIT_SIZE, axis=1)], axis=1)
+    cols = left[:, None] + offsets
+    lowest = height - DIGIT_SIZE
+    if lowest >= 2 * JITTER:
+        baseline = tf.random.stateless_uniform((batch_size, 1), base_seed, JITTER,
+                                               lowest - JITTER + 1, tf.int32)
+    else:
+        baseline = tf.zeros((batch_size, 1), tf.int32)
+    jitter = tf.random.stateless_uniform((batch_size, MAX_DIGITS), jitter_seed, -JITTER,
+                                         JITTER + 1, tf.int32)
+    rows = tf.clip_by_value(baseline + jitter, 0, lowest)
+    return counts, tf.stack([rows, cols], axis=-1)
+
+
+def render_strings(glyphs, counts, boxes, canvas_shape=CANVAS_SHAPE, pad=0):
+    """Canvases of `glyphs` placed at `boxes`: `digit_strings.render` for a batch.
+
+    Args:
+        glyphs: float32 `(B, MAX_DIGITS, S, S)`, digit images with `pad` blank
+            pixels on each side (S = DIGIT_SIZE + 2 * pad).
+        counts: int32 `(B,)`: slots `>= counts` stay off the canvas.
+        boxes: int32 `(B, MAX_DIGITS, 2)`: top-left (row, col) of each digit's
+            unpadded 8x8 box.
+        canvas_shape: (height, width, channels).
+        pad: int.
+
+    Returns:
+        float32 `(B, height, width, channels)`: per pixel the maximum over the
+        digits covering it, 0 elsewhere (the padding's overhang clipped).
+    """
+    height, width = int(canvas_shape[0]), int(canvas_shape[1])
+    size = DIGIT_SIZE + 2 * pad
+
+    def source(positions, starts):  # glyph pixel each canvas pixel shows; -1: none
+        index = positions - starts[..., None] + pad
+        return tf.where((index >= 0) & (index < size), index, -1)
+
+    rows = source(tf.range(height)[None, None], boxes[..., 0])  # (B, K, H)
+    cols = source(tf.range(width)[None, None], boxes[..., 1])  # (B, K, W)
+    select_rows = tf.one_hot(rows, size, dtype=glyphs.dtype)  # (B, K, H, S)
+    select_cols = tf.one_hot(cols, size, axis=2, dtype=glyphs.dtype)  # (B, K, S, W)
+    placed = tf.matmul(tf.matmul(select_rows, glyphs), select_cols)  # (B, K, H, W)
+    used = tf.range(MAX_DIGITS)[None] < counts[:, None]
+    placed = tf.where(used[:, :, None, None], placed, 0.0)
+    canvas = tf.reduce_max(placed, axis=1)
+    return tf.reshape(canvas, (-1, height, width, int(canvas_shape[2])))
+
+
+def string_targets(digit_ids, counts, max_length):
+    """int32 `(B, max_length)`: each string's token ids, `END`, then `PAD`.
+
+    Args:
+        digit_ids: int32 `(B, MAX_DIGITS)`, the vocabulary id of each slot's digit.
+        counts: int32 `(B,)`.
+        max_length: int >= MAX_DIGITS + 1.
+    """
+    positions = tf.range(max_length)[None]
+    padded = tf.pad(digit_ids, [[0, 0], [0, max_length - MAX_DIGITS]])
+    return tf.where(positions < counts[:, None], padded,
+                    tf.where(positions == counts[:, None], END, PAD))
+
+
+class StringPool:
+    """Digit images to compose strings from, padded once, with their token ids.
+
+    Args:
+        glyphs: uint8 `(N, 8, 8)` digit images.
+        digit_ids: int `(N,)`: the token id of each image's digit.
+        augmentation: one of `SEQUENCE_AUGMENTATIONS`, applied to each digit
+            on its own before it is placed.
+
+    Example:
+    >>> pool = StringPool(glyphs, ids, "affine")
+    >>> pool.compose(tf.constant([0, 1], tf.int64), 4)["images"].shape
+    TensorShape([4, 16, 64, 1])
+    """
+
+    def __init__(self, glyphs, digit_ids, augmentation="none"):
+        glyphs = np.asarray(glyphs, np.uint8)
+        if glyphs.ndim != 3 or glyphs.shape[1:] != (DIGIT_SIZE, DIGIT_SIZE) or not len(glyphs):
+            raise ValueError(f"expected a pool of uint8 ({DIGIT_SIZE}, {DIGIT_SIZE}) digit "
+                             f"images; received shape {glyphs.shape}")
+        if len(digit_ids) != len(glyphs):
+            raise ValueError(f"{len(glyphs)} digit images but {len(digit_ids)} digit ids")
+        self.size = len(glyphs)
+        pad = [(0, 0), (GLYPH_PAD, GLYPH_PAD), (GLYPH_PAD, GLYPH_PAD)]
+        self.glyphs = tf.constant(np.pad(glyphs, pad).astype(np.float32))
+        self.digit_ids = tf.constant(np.asarray(digit_ids, np.int32))
+        self.augment = None
+        if augmentation != "none":
+            from pipelines.data.augmentation import batch_augmenter
+
+            size = DIGIT_SIZE + 2 * GLYPH_PAD
+            self.augment = batch_augmenter(augmentation, (size, size, 1))
+
+    def compose(self, seed, batch_size, canvas_shape=CANVAS_SHAPE):
+        """A batch of new strings from stateless `seed` (int `(2,)`).
+
+        Returns:
+            dict of `images` float32 `(B, H, W, C)`, `counts` int32 `(B,)`,
+            `boxes` int32 `(B, MAX_DIGITS, 2)`, `picks` int32 `(B, MAX_DIGITS)`
+            (pool indices; slots past `counts` unused) and `digit_ids` (their
+            token ids).
+        """
+        layout_seed, pick_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 3))
+        counts, boxes = sample_layouts(layout_seed, batch_size, canvas_shape)
+        picks = tf.random.stateless_uniform((batch_size, MAX_DIGITS), pick_seed, 0, self.size,
+                                            tf.int32)
+        chosen = tf.gather(self.glyphs, picks)  # (B, K, S, S)
+        if self.augment is not None:
+            size = DIGIT_SIZE + 2 * GLYPH_PAD
+            flat = self.augment(tf.reshape(chosen, (-1, size, size, 1)), augment_seed)
+            chosen = tf.reshape(flat, (-1, MAX_DIGITS, size, size))
+        images = render_strings(chosen, counts, boxes, canvas_shape, GLYPH_PAD)
+        return {"images": images, "counts": counts, "boxes": boxes, "picks": picks,
+                "digit_ids": tf.gather(self.digit_ids, picks)}
+
+
+def fresh_string_batches(glyphs, classes, vocab, *, max_length, batch_size, num_batches, seed,
+                         augmentation="none", canvas_shape=CANVAS_SHAPE):
+    """Teacher-forcing batches of new strings, `num_batches` per epoch, new every epoch.
+
+    Args:
+        glyphs: uint8 `(N, 8, 8)` digit images (`digit_pool`).
+        classes: int `(N,)` their digits 0-9.
+        vocab: the run's `CharVocabulary` (must hold the pool's digits).
+        max_length: int. Target length; at least MAX_DIGITS + 1.
+        batch_size, num_batches: batches per epoch and their size (every
+            batch full: one shape, one XLA compile).
+        seed: int. Seeds every draw; each epoch draws anew.
+        augmentation: one of `SEQUENCE_AUGMENTATIONS`, applied to each digit on
+            its own (`batch_augmenter` on the padded digit) before placing it.
+        canvas_shape: (height, width, channels) of the strings.
+
+    Returns:
+        `tf.data.Dataset` of `((images float32 (B, H, W, C) in [0, 255],
+        decoder_tokens int32 (B, T)), one-hot targets (B, T, V), weights (B, T))`,
+        the elements of `pipelines.sequence.data.make_pipeline`.
+
+    Raises:
+        ValueError: `max_length` too short, an empty pool, or a digit missing
+            from the vocabulary.
+    """
+    if max_length < MAX_DIGITS + 1:
+        raise ValueError(f"max_length={max_length} is too short for fresh digit strings of up "
+                         f"to {MAX_DIGITS} digits plus the end token")
+    digit_to_id = np.array([vocab.encode(str(digit), 2, "fresh digit strings")[0]
+                            for digit in range(10)], np.int32)
+    pool = StringPool(glyphs, digit_to_id[np.asarray(classes)], augmentation)
+    vocab_size = vocab.size
+
+    def to_example(seed):
+        strings = pool.compose(seed, batch_size, canvas_shape)
+        targets = string_targets(strings["digit_ids"], strings["counts"], max_length)
+        decoder_tokens = tf.concat([tf.fill((batch_size, 1), START), targets[:, :-1]], axis=1)
+        weights = tf.cast(tf.not_equal(targets, PAD), tf.float32)
+        return (strings["images"], decoder_tokens), tf.one_hot(targets, vocab_size), weights
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return seeds.take(num_batches).map(to_example, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=True).prefetch(tf.data.AUTOTUNE)
