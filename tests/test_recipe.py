@@ -39,6 +39,35 @@ def test_schedule_is_linear_warmup_then_cosine(total_steps, warmup_fraction):
     assert float(schedule(int(warmup_fraction * total_steps))) == pytest.approx(2e-3)
 
 
+@pytest.mark.parametrize("warmup_steps, alpha, initial", [(10, 0.0, 0.0), (0, 0.0, 0.0),
+                                                           (7, 0.1, 1e-4), (1, 0.0, 5e-4)])
+def test_branch_free_schedule_equals_keras_cosine_decay(warmup_steps, alpha, initial):
+    from keras_vit.recipe import WarmupCosineDecay
+
+    options = dict(initial_learning_rate=initial, decay_steps=40, alpha=alpha,
+                   warmup_target=2e-3, warmup_steps=warmup_steps)
+    ours, keras_own = WarmupCosineDecay(**options), keras.optimizers.schedules.CosineDecay(**options)
+    steps = np.arange(0, 60)
+    np.testing.assert_allclose([float(ours(step)) for step in steps],
+                               [float(keras_own(step)) for step in steps], rtol=1e-6, atol=1e-12)
+    assert ours.get_config() == keras_own.get_config()
+    no_warmup = dict(options, warmup_target=None)
+    assert float(WarmupCosineDecay(**no_warmup)(13)) == pytest.approx(
+        float(keras.optimizers.schedules.CosineDecay(**no_warmup)(13)))
+
+
+def test_branch_free_schedule_survives_a_saved_optimizer(tmp_path):
+    """A model compiled with the recipe saves to .keras and reloads with its schedule."""
+    from keras_vit.recipe import WarmupCosineDecay
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    TrainingRecipe(learning_rate=1e-3).compile(model, total_steps=100, jit_compile=False)
+    model.save(tmp_path / "m.keras")
+    schedule = keras.saving.load_model(tmp_path / "m.keras").optimizer._learning_rate
+    assert isinstance(schedule, WarmupCosineDecay)
+    assert float(schedule(50)) == pytest.approx(float(model.optimizer._learning_rate(50)))
+
+
 def test_schedule_without_a_length_is_the_constant_peak():
     assert warmup_cosine_schedule(1e-3, None) == 1e-3
 
