@@ -87,7 +87,7 @@ def text_lookup_table(vocab):
 
 
 def _reader(model, vocab, table, beam_width, length_penalty, tta_shift):
-    """fn(float32 images) -> `{tokens, text, scores}`, shared by both signatures."""
+    """tf.function(float32 images) -> `{tokens, text, scores}`, shared by both signatures."""
     import tensorflow as tf
 
     from keras_vit.models import beam_search, shift_averaged_decode
@@ -114,7 +114,10 @@ def _reader(model, vocab, table, beam_width, length_penalty, tta_shift):
         text = tf.strings.reduce_join(table.lookup(tf.cast(tokens, tf.int64)), axis=-1)
         return {"tokens": tokens, "text": text, "scores": scores}
 
-    return read
+    # One function that both signatures call: the beam search is traced and stored
+    # once, not once per signature (~6 s of the preset's export).
+    return tf.function(read, input_signature=[
+        tf.TensorSpec((None, *image_shape), tf.float32)])
 
 
 def build_sequence_serving_fns(model, vocab, table, *, beam_width=4, length_penalty=0.6,
