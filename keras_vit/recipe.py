@@ -165,8 +165,9 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
             target = ops.cast(self.warmup_target, dtype)
             warmup_steps = ops.cast(self.warmup_steps, dtype)
             step = ops.minimum(ops.cast(step, dtype), decay_steps + warmup_steps)
-            # max(., 1): with no warm-up this phase is never picked; keep it finite.
-            warming = initial + (target - initial) * step / ops.maximum(warmup_steps, 1.0)
+            # The parent's arithmetic, in its order: the same rates to the bit. max(., 1):
+            # with no warm-up this phase is never picked; keep it finite.
+            warming = (target - initial) * (step / ops.maximum(warmup_steps, 1.0)) + initial
             progress = (step - warmup_steps) / decay_steps
             cosine = 0.5 * (1.0 + ops.cos(ops.multiply(ops.array(math.pi, dtype=dtype),
                                                        progress)))
