@@ -137,11 +137,16 @@ def _images_dataset(split, image_shape):
 
 
 def teacher_forcing_example(vocab_size):
-    """Map fn: `(image, targets)` -> `((image, decoder_tokens), one_hot, weights)`."""
+    """Map fn: `(image, targets)` -> `((image, decoder_tokens), one_hot, weights)`.
+
+    For one example (`targets` `(T,)`) or a batch (`(B, T)`): the decoder reads
+    `START` then the targets shifted right, along the last axis.
+    """
     import tensorflow as tf
 
     def to_example(image, targets):
-        decoder_tokens = tf.concat([[START], targets[:-1]], axis=0)
+        start = tf.fill(tf.concat([tf.shape(targets)[:-1], [1]], axis=0), START)
+        decoder_tokens = tf.concat([tf.cast(start, targets.dtype), targets[..., :-1]], axis=-1)
         weights = tf.cast(tf.not_equal(targets, 0), tf.float32)
         return (image, decoder_tokens), tf.one_hot(targets, vocab_size), weights
 

@@ -40,7 +40,7 @@ from pipelines.data.digit_strings import (
     MAX_GAP,
     MIN_DIGITS,
 )
-from pipelines.sequence.vocab import END, PAD, START
+from pipelines.sequence.vocab import END, PAD
 
 #: Blank pixels around each digit before its own augmentation: a 10-degree
 #: rotation or a 10 % zoom of an 8x8 digit reaches ~1 pixel past its box.
@@ -240,15 +240,15 @@ def fresh_string_batches(glyphs, classes, vocab, *, max_length, batch_size, num_
                          f"to {MAX_DIGITS} digits plus the end token")
     digit_to_id = np.array([vocab.encode(str(digit), 2, "fresh digit strings")[0]
                             for digit in range(10)], np.int32)
+    from pipelines.sequence.data import teacher_forcing_example
+
     pool = StringPool(glyphs, digit_to_id[np.asarray(classes)], augmentation)
-    vocab_size = vocab.size
+    as_example = teacher_forcing_example(vocab.size)
 
     def to_example(seed):
         strings = pool.compose(seed, batch_size, canvas_shape)
-        targets = string_targets(strings["digit_ids"], strings["counts"], max_length)
-        decoder_tokens = tf.concat([tf.fill((batch_size, 1), START), targets[:, :-1]], axis=1)
-        weights = tf.cast(tf.not_equal(targets, PAD), tf.float32)
-        return (strings["images"], decoder_tokens), tf.one_hot(targets, vocab_size), weights
+        return as_example(strings["images"],
+                          string_targets(strings["digit_ids"], strings["counts"], max_length))
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return seeds.take(num_batches).map(to_example, num_parallel_calls=tf.data.AUTOTUNE,
