@@ -24,6 +24,8 @@ from pipelines.sequence.fresh_strings import (
     StringPool,
     digit_pool,
     fresh_string_batches,
+    length_warmup_epochs,
+    max_digits_in_epoch,
     render_strings,
     sample_layouts,
 )
@@ -116,13 +118,23 @@ def test_each_digit_is_augmented_on_its_own(train_pool):
         assert image.min() >= 0.0 and image.max() <= 255.0 + 1e-3
 
 
+def string_lengths(one_hot):
+    """Digits per string of a batch's one-hot targets."""
+    targets = np.argmax(one_hot.numpy(), axis=-1)
+    return ((targets != PAD) & (targets != END)).sum(axis=1)
+
+
 def test_batches_are_teacher_forcing_examples_new_each_epoch(train_pool):
     glyphs, classes = train_pool
-    batches = fresh_string_batches(glyphs, classes, VOCAB, max_length=8, batch_size=16,
-                                   num_batches=3, seed=7)
-    first, second = ([e for e in batches] for _ in range(2))
-    assert len(first) == len(second) == 3
-    for (images, decoder_tokens), one_hot, weights in first:
+
+    def run(**options):
+        options = {"seed": 7, "epochs": 2, **options}
+        return list(fresh_string_batches(glyphs, classes, VOCAB, max_length=8, batch_size=16,
+                                         num_batches=3, **options))
+
+    batches = run()
+    assert len(batches) == 6  # 2 epochs of 3
+    for (images, decoder_tokens), one_hot, weights in batches:
         targets = np.argmax(one_hot.numpy(), axis=-1)
         assert images.shape == (16, *CANVAS_SHAPE) and one_hot.shape == (16, 8, VOCAB.size)
         for row, tokens in zip(targets, decoder_tokens.numpy()):
@@ -132,15 +144,47 @@ def test_batches_are_teacher_forcing_examples_new_each_epoch(train_pool):
             np.testing.assert_array_equal(tokens, np.concatenate([[START], row[:-1]]))
         np.testing.assert_array_equal(weights.numpy(), (targets != PAD).astype(np.float32))
         assert (targets == END).sum() == 16
+    first, second = batches[:3], batches[3:]
     assert not np.array_equal(first[0][0][0].numpy(), second[0][0][0].numpy())
-    replay = [e for e in fresh_string_batches(glyphs, classes, VOCAB, max_length=8,
-                                              batch_size=16, num_batches=3, seed=7)]
-    for a, b in zip(first, replay):
-        np.testing.assert_array_equal(a[0][0], b[0][0])
-        np.testing.assert_array_equal(a[1], b[1])
-    other = next(iter(fresh_string_batches(glyphs, classes, VOCAB, max_length=8, batch_size=16,
-                                           num_batches=3, seed=8)))
+
+    def assert_same(a_batches, b_batches):
+        assert len(a_batches) == len(b_batches)
+        for a, b in zip(a_batches, b_batches):
+            np.testing.assert_array_equal(a[0][0], b[0][0])
+            np.testing.assert_array_equal(a[1], b[1])
+
+    assert_same(batches, run())  # the same seed: the same run
+    assert_same(second, run(first_epoch=1))  # a run resumed at epoch 1 gets epoch 1's batches
+    other = run(seed=8)[0]
     assert not np.array_equal(other[0][0].numpy(), first[0][0][0].numpy())
+
+
+def test_length_warm_up_grows_the_longest_string_epoch_by_epoch(train_pool):
+    assert [max_digits_in_epoch(epoch, 4) for epoch in range(6)] == [1, 2, 3, 4, 5, 5]
+    assert [max_digits_in_epoch(epoch, 2) for epoch in range(3)] == [1, 3, 5]
+    assert max_digits_in_epoch(0, 0) == MAX_DIGITS
+    for warmup in (1, 2, 3, 4, 9):  # the graph form, as the pipeline computes it
+        for epoch in range(12):
+            assert int(max_digits_in_epoch(tf.constant(epoch), warmup)) == \
+                max_digits_in_epoch(epoch, warmup)
+    assert [length_warmup_epochs(n) for n in (1, 5, 6, 40, 90)] == [0, 0, 1, 4, 9]
+    # Counts above the cap are lowered to it; the draws below it are the same.
+    uncapped, _ = sample_layouts(seed(5), 500)
+    capped, boxes = sample_layouts(seed(5), 500, max_digits=3)
+    np.testing.assert_array_equal(capped, np.minimum(uncapped, 3))
+
+    glyphs, classes = train_pool
+    batches = list(fresh_string_batches(glyphs, classes, VOCAB, max_length=8, batch_size=64,
+                                        num_batches=2, seed=3, epochs=40).take(12))
+    for epoch in range(6):
+        lengths = np.concatenate([string_lengths(batches[2 * epoch + i][1]) for i in range(2)])
+        longest = min(epoch + 1, MAX_DIGITS)
+        assert lengths.max() == longest and lengths.min() == MIN_DIGITS
+        if epoch >= 4:
+            assert set(lengths) == set(range(MIN_DIGITS, MAX_DIGITS + 1))
+    short_run = list(fresh_string_batches(glyphs, classes, VOCAB, max_length=8, batch_size=64,
+                                          num_batches=2, seed=3, epochs=5).take(1))
+    assert set(string_lengths(short_run[0][1])) == set(range(MIN_DIGITS, MAX_DIGITS + 1))
 
 
 def test_pools_hold_only_the_splits_digits():
@@ -169,6 +213,9 @@ def test_bad_pools_and_lengths_are_refused(train_pool):
     with pytest.raises(ValueError, match="characters \\['9'\\] that are not in"):
         fresh_string_batches(glyphs, classes, CharVocabulary(tuple("012345678")), max_length=8,
                              batch_size=4, num_batches=1, seed=0)
+    with pytest.raises(ValueError, match=r"first_epoch must be in \[0, epochs=3\); received 3"):
+        fresh_string_batches(glyphs, classes, VOCAB, max_length=8, batch_size=4, num_batches=1,
+                             seed=0, epochs=3, first_epoch=3)
 
 
 def test_load_sequence_data_trains_on_fresh_strings_of_the_fitted_splits(
@@ -180,7 +227,11 @@ def test_load_sequence_data_trains_on_fresh_strings_of_the_fitted_splits(
     fresh = load_sequence_data("digit_strings/small", train_strings="fresh",
                                fit_on="train+validation", **common)
     # As many batches as the fixed training split (train + validation strings) gives.
-    assert sum(1 for _ in fresh.train) == (2000 + 500) // 100
+    assert sum(1 for _ in fresh.train) == fresh.steps_per_epoch == (2000 + 500) // 100
+    assert fixed.steps_per_epoch == int(fixed.train.cardinality())
+    rest = load_sequence_data("digit_strings/small", train_strings="fresh", epochs=3,
+                              first_epoch=1, **common)  # a run of 3 epochs resumed at epoch 1
+    assert rest.steps_per_epoch == 2000 // 100 and sum(1 for _ in rest.train) == 2 * 20
     fixed_images = np.concatenate([x.numpy() for (x, _), _, _ in fixed.train])
     fresh_images = next(iter(fresh.train))[0][0].numpy()
     fixed_set = {image.tobytes() for image in fixed_images.astype(np.uint8)}

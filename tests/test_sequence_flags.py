@@ -277,10 +277,20 @@ def test_restart_moves_the_killed_run_aside_and_starts_over(interrupted, restart
 
 @pytest.fixture(scope="module")
 def resumed(interrupted):
-    """The killed run started again with the same command."""
-    code, out, err = run_train(interrupted["argv"])
+    """The killed run started again with the same command (with the data it loaded)."""
+    import pipelines.sequence.data as sequence_data
+
+    load_sequence_data, loaded = sequence_data.load_sequence_data, []
+
+    def recording_loader(*args, **kwargs):
+        loaded.append((args, kwargs, load_sequence_data(*args, **kwargs)))
+        return loaded[-1][2]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sequence_data, "load_sequence_data", recording_loader)
+        code, out, err = run_train(interrupted["argv"])
     return {"run_dir": interrupted["run_dir"], "argv": interrupted["argv"], "code": code,
-            "out": out, "err": err}
+            "out": out, "err": err, "loaded": loaded, "loader": load_sequence_data}
 
 
 @pytest.mark.slow
@@ -296,6 +306,25 @@ def test_killed_run_resumes_with_the_same_command(interrupted, resumed):
     assert metrics["tta_shift"] == 0  # --tta-shift 0: one view (the preset decodes 25)
     assert not (run_dir / "backup").exists() and (run_dir / "best.keras").is_file()
     assert checksums(run_dir)["run_config.json"] == interrupted["checksums"]["run_config.json"]
+
+
+@pytest.mark.slow
+def test_resumed_run_trains_on_the_fresh_strings_of_the_epochs_it_had_left(resumed):
+    """Fresh strings (the interrupted run's default) are drawn per batch of the run: the
+    resumed run gets epoch 1's batches, those an uninterrupted run would have had."""
+    assert resumed["code"] == 0, resumed["err"][-3000:]
+    (args, kwargs, data), = resumed["loaded"]
+    assert kwargs["train_strings"] == "fresh" and kwargs["epochs"] == 2
+    assert kwargs["first_epoch"] == 1  # the backup's epoch
+    whole_run = resumed["loader"](*args, **dict(kwargs, first_epoch=0))
+    steps = TRAIN_SIZE // BATCH
+    assert data.steps_per_epoch == whole_run.steps_per_epoch == steps
+    left = [x.numpy() for (x, _), _, _ in data.train]
+    every = [x.numpy() for (x, _), _, _ in whole_run.train]
+    assert len(left) == steps and len(every) == 2 * steps
+    for got, expected in zip(left, every[steps:]):
+        np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(left[0], every[0])
 
 
 def dropout_rates(model):

@@ -57,8 +57,10 @@ class SequenceInfo:
 class SequenceData:
     """Batched train/validation/test pipelines, the info, and the test split as arrays.
 
-    `test_images` float32 `(N, H, W, C)` and `test_texts` serve the decoding
-    metrics and the attention figure.
+    `train` holds one epoch of fixed strings (repeat it), or with fresh
+    strings every remaining epoch of the run; `steps_per_epoch` is its
+    batches per epoch either way. `test_images` float32 `(N, H, W, C)` and
+    `test_texts` serve the decoding metrics and the attention figure.
     """
 
     train: object
@@ -67,6 +69,7 @@ class SequenceData:
     info: SequenceInfo
     test_images: np.ndarray
     test_texts: list
+    steps_per_epoch: int
 
 
 def is_folder_source(source):
@@ -186,7 +189,8 @@ def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, traini
 
 def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_length,
                        image_size=None, data_dir=None, offline=False, seed=0,
-                       augmentation="none", fit_on="train", train_strings="fixed"):
+                       augmentation="none", fit_on="train", train_strings="fixed", epochs=1,
+                       first_epoch=0):
     """Checked, encoded and batched splits of a sequence source (see the module docstring).
 
     Args:
@@ -206,6 +210,9 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
             as the training split holds, composed from the digit images of the
             splits fitted on, each digit augmented on its own
             (`pipelines.sequence.fresh_strings`).
+        epochs, first_epoch: fresh strings only: the run's epochs (they set the
+            length warm-up) and the one it starts from (a resumed run); the
+            training pipeline holds epochs `first_epoch` to `epochs - 1`.
 
     Returns:
         `SequenceData`.
@@ -232,10 +239,13 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
         from pipelines.sequence.fresh_strings import digit_pool, fresh_string_batches
 
         glyphs, classes = digit_pool(fit_on.split("+"))
+        steps_per_epoch = max(1, len(tokens["train"]) // batch_size)
         pipelines["train"] = fresh_string_batches(
             glyphs, classes, vocab, max_length=max_length, batch_size=batch_size,
-            num_batches=max(1, len(tokens["train"]) // batch_size), seed=seed,
-            augmentation=augmentation, canvas_shape=shape)
+            num_batches=steps_per_epoch, seed=seed, augmentation=augmentation,
+            canvas_shape=shape, epochs=epochs, first_epoch=first_epoch)
+    else:
+        steps_per_epoch = int(pipelines["train"].cardinality().numpy())
     test = raw.splits["test"]
     test_images = np.concatenate(
         [batch.numpy() for batch in _images_dataset(test, shape).batch(1024)]
@@ -244,4 +254,4 @@ def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_lengt
                         max_length=max_length, split_origins=raw.origins,
                         **{f"num_{role}": len(raw.splits[role]) for role in ROLES})
     return SequenceData(**pipelines, info=info, test_images=test_images,
-                        test_texts=list(test.texts))
+                        test_texts=list(test.texts), steps_per_epoch=steps_per_epoch)

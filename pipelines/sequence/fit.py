@@ -96,7 +96,7 @@ def fit_sequence_model(config, data, log):
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    steps_per_epoch = int(data.train.cardinality().numpy())
+    steps_per_epoch = data.steps_per_epoch
     model = compile_sequence_model(build_sequence_model(config, data.info), config,
                                    data.info.vocab.size, config.epochs * steps_per_epoch)
     log(f"model {model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
@@ -107,6 +107,7 @@ def fit_sequence_model(config, data, log):
     validate = config.fit_on == "train"  # else validation is part of the training data
     # One repeated iterator for the whole run, as the classifier's fit
     # (`pipelines.training.fit`): no per-epoch tf.data iterator teardown.
+    # Fresh strings already hold every epoch left (`repeat` never wraps).
     model.fit(data.train.repeat(), steps_per_epoch=steps_per_epoch,
               validation_data=data.validation if validate else None, epochs=config.epochs,
               callbacks=training_callbacks(run_dir, best_so_far(run_dir), timer,

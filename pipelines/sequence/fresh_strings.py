@@ -20,13 +20,23 @@ pipeline keeps up with the model and a run with one seed repeats exactly:
 * per-digit augmentation: `batch_augmenter(kind)` on each digit padded by
   `GLYPH_PAD` pixels (so a rotation keeps its corners);
 * rendering: each digit placed with two 0/1 selection matrices
-  (`rows @ digit @ columns`), the canvas their maximum (`digit_strings.render`).
+  (`rows @ digit @ columns`), the canvas their maximum (`digit_strings.render`);
+* length warm-up: over the first `LENGTH_WARMUP_FRACTION` of the epochs the
+  longest string grows from 1 digit to `MAX_DIGITS` (`max_digits_in_epoch`).
+  From scratch the model spends its first epochs learning to read a digit at
+  all (token accuracy ~0.3-0.5 for ~10 of 40 epochs, even with one-digit
+  strings); with short strings first it reads sooner, and the preset ends
+  higher (README, "The preset, measured").
+
+Batch `i` of the run (epoch `i // num_batches`) is drawn from the stateless
+seed `(seed, i)`, so a resumed run (`first_epoch`) gets exactly the batches
+the uninterrupted run would have had.
 
 Example:
 >>> glyphs, classes = digit_pool(("train",))
 >>> batches = fresh_string_batches(glyphs, classes, vocab, max_length=8, batch_size=128,
-...                                num_batches=171, seed=0, augmentation="affine")
->>> (images, decoder_tokens), one_hot, weights = next(iter(batches))
+...                                num_batches=171, seed=0, augmentation="affine", epochs=40)
+>>> (images, decoder_tokens), one_hot, weights = next(iter(batches))  # one-digit strings
 """
 
 import numpy as np
@@ -41,6 +51,10 @@ from pipelines.data.digit_strings import (
     MIN_DIGITS,
 )
 from pipelines.sequence.vocab import END, PAD
+
+#: Share of a run's epochs (rounded) over which the longest training string
+#: grows from 1 digit to `MAX_DIGITS`; as the learning rate's warm-up share.
+LENGTH_WARMUP_FRACTION = 0.1
 
 #: Blank pixels around each digit before its own augmentation: a 10-degree
 #: rotation or a 10 % zoom of an 8x8 digit reaches ~1 pixel past its box.
@@ -65,13 +79,16 @@ def digit_pool(splits):
     return to_pixel_scale(digits.images)[indices], digits.target[indices].astype(np.int64)
 
 
-def sample_layouts(seed, batch_size, canvas_shape=CANVAS_SHAPE):
+def sample_layouts(seed, batch_size, canvas_shape=CANVAS_SHAPE, max_digits=MAX_DIGITS):
     """Random string layouts, `digit_strings.sample_layout`'s rules, for a batch.
 
     Args:
         seed: int tensor `(2,)`, a stateless seed.
         batch_size: int.
         canvas_shape: (height, width, channels).
+        max_digits: int or int32 scalar tensor in [1, MAX_DIGITS]: counts above
+            it are lowered to it (the length warm-up; the other draws are
+            unchanged).
 
     Returns:
         `(counts int32 (B,), boxes int32 (B, MAX_DIGITS, 2))`: digits per string in
@@ -83,6 +100,7 @@ def sample_layouts(seed, batch_size, canvas_shape=CANVAS_SHAPE):
         tf.random.experimental.stateless_split(seed, 5))
     counts = tf.random.stateless_uniform((batch_size,), count_seed, MIN_DIGITS, MAX_DIGITS + 1,
                                          tf.int32)
+    counts = tf.minimum(counts, tf.cast(max_digits, tf.int32))
     gaps = tf.random.stateless_uniform((batch_size, MAX_DIGITS - 1), gap_seed, 0, MAX_GAP + 1,
                                        tf.int32)
     # Only the gaps between a string's own digits count toward its span.
@@ -186,8 +204,8 @@ class StringPool:
             size = DIGIT_SIZE + 2 * GLYPH_PAD
             self.augment = batch_augmenter(augmentation, (size, size, 1))
 
-    def compose(self, seed, batch_size, canvas_shape=CANVAS_SHAPE):
-        """A batch of new strings from stateless `seed` (int `(2,)`).
+    def compose(self, seed, batch_size, canvas_shape=CANVAS_SHAPE, max_digits=MAX_DIGITS):
+        """A batch of new strings from stateless `seed` (int `(2,)`), at most `max_digits` long.
 
         Returns:
             dict of `images` float32 `(B, H, W, C)`, `counts` int32 `(B,)`,
@@ -197,7 +215,7 @@ class StringPool:
         """
         layout_seed, pick_seed, augment_seed = tf.unstack(
             tf.random.experimental.stateless_split(seed, 3))
-        counts, boxes = sample_layouts(layout_seed, batch_size, canvas_shape)
+        counts, boxes = sample_layouts(layout_seed, batch_size, canvas_shape, max_digits)
         picks = tf.random.stateless_uniform((batch_size, MAX_DIGITS), pick_seed, 0, self.size,
                                             tf.int32)
         chosen = tf.gather(self.glyphs, picks)  # (B, K, S, S)
@@ -210,8 +228,31 @@ class StringPool:
                 "digit_ids": tf.gather(self.digit_ids, picks)}
 
 
+def length_warmup_epochs(epochs):
+    """Epochs of the length warm-up in a run of `epochs` (`LENGTH_WARMUP_FRACTION`, rounded)."""
+    return int(round(LENGTH_WARMUP_FRACTION * epochs))
+
+
+def max_digits_in_epoch(epoch, warmup_epochs):
+    """The longest string of `epoch` (0-based): 1 digit first, `MAX_DIGITS` after the warm-up.
+
+    The cap rises evenly over `warmup_epochs`; works on ints and int tensors.
+
+    Example:
+    >>> [max_digits_in_epoch(epoch, 4) for epoch in range(6)]
+    [1, 2, 3, 4, 5, 5]
+    """
+    if isinstance(warmup_epochs, int) and warmup_epochs <= 0:
+        return MAX_DIGITS
+    rising = MIN_DIGITS + (epoch * (MAX_DIGITS - MIN_DIGITS)) // warmup_epochs
+    if isinstance(epoch, int):
+        return min(rising, MAX_DIGITS)
+    return tf.minimum(rising, MAX_DIGITS)
+
+
 def fresh_string_batches(glyphs, classes, vocab, *, max_length, batch_size, num_batches, seed,
-                         augmentation="none", canvas_shape=CANVAS_SHAPE):
+                         augmentation="none", canvas_shape=CANVAS_SHAPE, epochs=1,
+                         first_epoch=0):
     """Teacher-forcing batches of new strings, `num_batches` per epoch, new every epoch.
 
     Args:
@@ -221,35 +262,45 @@ def fresh_string_batches(glyphs, classes, vocab, *, max_length, batch_size, num_
         max_length: int. Target length; at least MAX_DIGITS + 1.
         batch_size, num_batches: batches per epoch and their size (every
             batch full: one shape, one XLA compile).
-        seed: int. Seeds every draw; each epoch draws anew.
+        seed: int. With the batch's index in the run, seeds every draw.
         augmentation: one of `SEQUENCE_AUGMENTATIONS`, applied to each digit on
             its own (`batch_augmenter` on the padded digit) before placing it.
         canvas_shape: (height, width, channels) of the strings.
+        epochs: int >= 1. Epochs of the whole run: sets the length warm-up
+            (`length_warmup_epochs`; none for runs under 6 epochs).
+        first_epoch: int in [0, epochs). The epoch to start from (a resumed
+            run): the dataset holds epochs `first_epoch` to `epochs - 1`.
 
     Returns:
-        `tf.data.Dataset` of `((images float32 (B, H, W, C) in [0, 255],
-        decoder_tokens int32 (B, T)), one-hot targets (B, T, V), weights (B, T))`,
-        the elements of `pipelines.sequence.data.make_pipeline`.
+        `tf.data.Dataset` of `(epochs - first_epoch) * num_batches` elements
+        `((images float32 (B, H, W, C) in [0, 255], decoder_tokens int32 (B, T)),
+        one-hot targets (B, T, V), weights (B, T))`, the elements of
+        `pipelines.sequence.data.make_pipeline`.
 
     Raises:
-        ValueError: `max_length` too short, an empty pool, or a digit missing
-            from the vocabulary.
+        ValueError: `max_length` too short, `first_epoch` outside the run, an
+            empty pool, or a digit missing from the vocabulary.
     """
     if max_length < MAX_DIGITS + 1:
         raise ValueError(f"max_length={max_length} is too short for fresh digit strings of up "
                          f"to {MAX_DIGITS} digits plus the end token")
+    if not 0 <= first_epoch < epochs:
+        raise ValueError(f"first_epoch must be in [0, epochs={epochs}); received {first_epoch}")
     digit_to_id = np.array([vocab.encode(str(digit), 2, "fresh digit strings")[0]
                             for digit in range(10)], np.int32)
     from pipelines.sequence.data import teacher_forcing_example
 
     pool = StringPool(glyphs, digit_to_id[np.asarray(classes)], augmentation)
     as_example = teacher_forcing_example(vocab.size)
+    warmup = length_warmup_epochs(epochs)
 
-    def to_example(seed):
-        strings = pool.compose(seed, batch_size, canvas_shape)
+    def to_example(index):
+        longest = max_digits_in_epoch(tf.cast(index // num_batches, tf.int32), warmup)
+        strings = pool.compose(tf.stack([tf.constant(seed, tf.int64), index]), batch_size,
+                               canvas_shape, longest)
         return as_example(strings["images"],
                           string_targets(strings["digit_ids"], strings["counts"], max_length))
 
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return seeds.take(num_batches).map(to_example, num_parallel_calls=tf.data.AUTOTUNE,
-                                       deterministic=True).prefetch(tf.data.AUTOTUNE)
+    indices = tf.data.Dataset.range(first_epoch * num_batches, epochs * num_batches)
+    return indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).prefetch(tf.data.AUTOTUNE)

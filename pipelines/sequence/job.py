@@ -33,14 +33,18 @@ ATTENTION_EXAMPLES = 4
 ATTENTION_PNG = "cross_attention.png"
 
 
-def _load(config):
+def _load(config, plan):
     from pipelines.sequence.data import load_sequence_data
+    from pipelines.training.run_folder import backed_up_epoch
 
+    # A resumed run continues from its backup's epoch: fresh strings start there.
+    first_epoch = backed_up_epoch(config.output_dir) if plan == "resume" else 0
     return load_sequence_data(config.dataset, batch_size=config.batch_size,
                               max_length=config.max_length, image_size=config.image_size,
                               data_dir=config.data_dir, offline=config.offline, seed=config.seed,
                               augmentation=config.augmentation, fit_on=config.fit_on,
-                              train_strings=config.train_strings)
+                              train_strings=config.train_strings, epochs=config.epochs,
+                              first_epoch=first_epoch)
 
 
 def train_sequence(config, log=print):
@@ -64,7 +68,7 @@ def train_sequence(config, log=print):
 
     job_start, phases = time.perf_counter(), Phases()
     keras.utils.set_random_seed(config.seed)
-    data = phases.timed("data", _load, config)
+    data = phases.timed("data", _load, config, plan)
     info = data.info
     policy, reason = choose_precision(config.precision)
     keras.config.set_dtype_policy(policy)
@@ -75,8 +79,13 @@ def train_sequence(config, log=print):
             f"{''.join(info.vocab.characters)!r} ({info.vocab.size} tokens)")
         log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}")
         if config.train_strings == "fresh":
+            from pipelines.sequence.fresh_strings import length_warmup_epochs
+
+            warmup = length_warmup_epochs(config.epochs)
             log(f"training strings: new every epoch, from the {config.fit_on} digit images, "
-                f"each digit augmented ({config.augmentation}) on its own")
+                f"each digit augmented ({config.augmentation}) on its own"
+                + (f"; 1 digit long at most in epoch 1, all lengths from epoch {warmup + 1}"
+                   if warmup else ""))
         resumed = prepare_sequence_run(config, plan, info.vocab, log)
         fitted = phases.timed("fit", fit_sequence_model, config, data, log)
         metrics = {"task": "sequence", "dataset": info.name, "precision": policy,

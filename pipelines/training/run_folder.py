@@ -132,6 +132,21 @@ def is_interrupted(run_dir):
     return os.path.isdir(os.path.join(run_dir, BACKUP))
 
 
+def backed_up_epoch(run_dir):
+    """The epoch a killed run in `run_dir` resumes from (0-based), 0 without a backup.
+
+    Read from the backup's `training_metadata.json`, where Keras'
+    `BackupAndRestore` records it and from which it restarts `fit` (unless
+    that backup's weights fail to load: Keras then falls back to the one
+    before, an epoch earlier).
+    """
+    path = os.path.join(run_dir, BACKUP, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
+
+
 def run_state(run_dir):
     """`"interrupted"` (resumable), `"finished"` (a run's files, nothing to resume) or `"new"`."""
     if is_interrupted(run_dir):
