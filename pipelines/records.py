@@ -279,7 +279,9 @@ def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buff
              .map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic))
     train = train.batch(batch_size, drop_remainder=drop_remainder)
     train = _augmented(train, augmentation, info.image_shape, seed)
-    train = train.prefetch(AUTOTUNE)
+    from pipelines.data.stages import training_options
+
+    train = train.prefetch(AUTOTUNE).with_options(training_options())
     held_out = {
         split: split_records(path, split, metadata=metadata)
         .map(decode, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)

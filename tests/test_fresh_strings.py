@@ -229,6 +229,9 @@ def test_load_sequence_data_trains_on_fresh_strings_of_the_fitted_splits(
     # As many batches as the fixed training split (train + validation strings) gives.
     assert sum(1 for _ in fresh.train) == fresh.steps_per_epoch == (2000 + 500) // 100
     assert fixed.steps_per_epoch == int(fixed.train.cardinality())
+    for data in (fixed, fresh):  # stages.training_options: training pipelines only
+        assert data.train.options().autotune.enabled is False
+        assert data.validation.options().autotune.enabled is not False
     rest = load_sequence_data("digit_strings/small", train_strings="fresh", epochs=3,
                               first_epoch=1, **common)  # a run of 3 epochs resumed at epoch 1
     assert rest.steps_per_epoch == 2000 // 100 and sum(1 for _ in rest.train) == 2 * 20

@@ -65,6 +65,7 @@ def test_prepare_folder_gives_the_folders_examples(image_folder, tmp_path, capsy
     images, labels = next(iter(data.train))
     assert images.dtype == tf.float32 and labels.dtype == tf.int32
     assert int(data.train.cardinality()) == int(np.ceil(counts["train"] / 4))
+    assert data.train.options().autotune.enabled is False  # stages.training_options
 
 
 def test_prepare_tfds_digits_gives_the_same_examples(digits_data_dir, tmp_path):

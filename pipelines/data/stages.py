@@ -73,10 +73,29 @@ def finish(ds, role, num_examples, *, batch_size, cache, training=False,
     else:
         ds = ds.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
     ds = ds.prefetch(AUTOTUNE)
-    options = tf.data.Options()
+    options = training_options() if training else tf.data.Options()
     # Validation/test order is part of the contract ("never shuffled").
     options.deterministic = bool(deterministic) or not training
     return ds.with_options(options)
+
+
+def training_options():
+    """`tf.data.Options` for a training pipeline that one `fit` iterates from start to end.
+
+    tf.data's autotuning is off. Its model thread is joined when the
+    iterator is destroyed, and for an iterator that lived through a whole
+    `fit` that join blocked the main thread for up to ~20 s when `fit`
+    returned, in about one run in three (py-spy: `RootDataset::Iterator::
+    ~Iterator` waiting in `UnboundedThreadPool::LogicalThreadWrapper`;
+    benchmarks/README.md, `job`). Without it, AUTOTUNE parallelism is the
+    number of CPU cores and prefetch buffers size themselves.
+
+    Example:
+    >>> train = train.with_options(training_options())
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def even_batch_size(num_examples, batch_size):

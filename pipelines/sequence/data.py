@@ -184,7 +184,12 @@ def make_pipeline(split, targets, image_shape, vocab_size, batch_size, *, traini
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
             lambda batch, s: (((augment(batch[0][0], s), batch[0][1]),) + batch[1:]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    if training:
+        from pipelines.data.stages import training_options
+
+        dataset = dataset.with_options(training_options())
+    return dataset
 
 
 def load_sequence_data(source=DEFAULT_SEQUENCE_DATASET, *, batch_size, max_length,

@@ -301,6 +301,8 @@ def fresh_string_batches(glyphs, classes, vocab, *, max_length, batch_size, num_
         return as_example(strings["images"],
                           string_targets(strings["digit_ids"], strings["counts"], max_length))
 
+    from pipelines.data.stages import training_options
+
     indices = tf.data.Dataset.range(first_epoch * num_batches, epochs * num_batches)
-    return indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+                       ).prefetch(tf.data.AUTOTUNE).with_options(training_options())
