@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from pipelines.data import DatasetInfo, Datasets
 from pipelines.data.images import decode_image
+from pipelines.data.stages import training_options
 
 AUTOTUNE = tf.data.AUTOTUNE
 METADATA = "metadata.json"
@@ -279,8 +280,6 @@ def tfrecord_datasets(path, *, batch_size, image_size=None, seed=0, shuffle_buff
              .map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic))
     train = train.batch(batch_size, drop_remainder=drop_remainder)
     train = _augmented(train, augmentation, info.image_shape, seed)
-    from pipelines.data.stages import training_options
-
     train = train.prefetch(AUTOTUNE).with_options(training_options())
     held_out = {
         split: split_records(path, split, metadata=metadata)

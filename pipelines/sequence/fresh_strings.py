@@ -51,6 +51,7 @@ from pipelines.data.digit_strings import (
     MAX_GAP,
     MIN_DIGITS,
 )
+from pipelines.data.stages import training_options
 from pipelines.sequence.vocab import END, PAD
 
 #: Share of a run's epochs (rounded) over which the longest training string
@@ -301,8 +302,6 @@ def fresh_string_batches(glyphs, classes, vocab, *, max_length, batch_size, num_
                                canvas_shape, longest)
         return as_example(strings["images"],
                           string_targets(strings["digit_ids"], strings["counts"], max_length))
-
-    from pipelines.data.stages import training_options
 
     indices = tf.data.Dataset.range(first_epoch * num_batches, epochs * num_batches)
     return indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
