@@ -12,6 +12,8 @@ from keras_vit.layers.attention import (
     ScaledDotProductAttention,
 )
 from keras_vit.layers.feed_forward import AddNorm, DropPath, PositionWiseFeedForward
+from keras_vit.layers.gelu import gelu
+from keras_vit.layers.layer_norm import LayerNormalization, layer_norm
 from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
 from keras_vit.layers.patching import ClassToken, PatchEmbedding
@@ -27,10 +29,12 @@ from keras_vit.layers.transformer import TransformerDecoderBlock, TransformerEnc
 from keras_vit.layers.views import ShiftedViews, ViewAverage
 
 __all__ = [
-    "AddNorm", "AdditiveAttention", "ClassToken", "DropPath", "MultiHeadAttention",
+    "AddNorm", "AdditiveAttention", "ClassToken", "DropPath", "LayerNormalization",
+    "MultiHeadAttention",
     "NadarayaWatsonAttention", "PatchEmbedding", "PositionEmbedding", "PositionWiseFeedForward",
     "ScaledDotProductAttention", "ShiftedViews", "SinCosPositionEncoding2D",
     "SinusoidalPositionEncoding", "TokenPooling", "TransformerDecoderBlock",
-    "TransformerEncoderBlock", "ViewAverage", "causal_mask", "masked_softmax", "merge_masks",
+    "TransformerEncoderBlock", "ViewAverage", "causal_mask", "gelu", "layer_norm",
+    "masked_softmax", "merge_masks",
     "sincos_2d_table", "sinusoidal_table",
 ]

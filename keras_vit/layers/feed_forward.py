@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_vit.layers.gelu import faster_equivalent
+from keras_vit.layers.layer_norm import LayerNormalization
 from keras_vit.layers.validation import check_positive_int, check_rate
 
 
@@ -30,7 +32,9 @@ class PositionWiseFeedForward(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        self.dense1 = keras.layers.Dense(self.hidden_dim, activation=self.activation,
+        # Keras' exact GELU, computed faster (keras_vit.layers.gelu).
+        self.dense1 = keras.layers.Dense(self.hidden_dim,
+                                         activation=faster_equivalent(self.activation),
                                          name="dense1", dtype=self.dtype_policy)
         self.dense1.build(input_shape)
         self.dense2 = keras.layers.Dense(input_shape[-1], name="dense2", dtype=self.dtype_policy)
@@ -77,9 +81,8 @@ class AddNorm(keras.layers.Layer):
         self.dropout = check_rate("dropout", dropout)
         self.epsilon = float(epsilon)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
-        # Keras' LayerNormalization computes its statistics in float32 under mixed precision.
-        self.norm = keras.layers.LayerNormalization(epsilon=self.epsilon, name="norm",
-                                                    dtype=self.dtype_policy)
+        # Keras' layer (statistics in float32 under mixed precision), written-out gradient.
+        self.norm = LayerNormalization(epsilon=self.epsilon, name="norm", dtype=self.dtype_policy)
 
     def build(self, x_shape, y_shape=None):
         self.norm.build(x_shape)

@@ -3,6 +3,7 @@
 import keras
 
 from keras_vit.layers.feed_forward import DropPath, PositionWiseFeedForward
+from keras_vit.layers.layer_norm import LayerNormalization
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
 from keras_vit.layers.validation import check_positive_int, check_rate
 
@@ -38,8 +39,9 @@ class _TransformerBlock(keras.layers.Layer):
                                   dtype=self.dtype_policy)
 
     def _norm(self, name, shape):
-        # LayerNormalization keeps its statistics in float32 under mixed precision.
-        norm = keras.layers.LayerNormalization(epsilon=self.epsilon, name=name,
+        # Keras' layer (statistics in float32 under mixed precision) with a
+        # written-out gradient (keras_vit.layers.layer_norm).
+        norm = LayerNormalization(epsilon=self.epsilon, name=name,
                                                dtype=self.dtype_policy)
         norm.build(shape)
         return norm
