@@ -169,9 +169,9 @@ class ScaledDotProductAttention(_AttentionPooling):
     """Scaled dot-product attention: `a(q, k) = q . k / sqrt(d)`.
 
     Without requested scores, without dropout, with values as wide as the
-    keys and outside float16 it takes the fused
-    `keras.ops.dot_product_attention` path; otherwise the explicit one (same
-    result, see `fused_attention_supports`).
+    keys, outside float16 and on a backend with a fused kernel (not
+    TensorFlow) it takes the fused `keras.ops.dot_product_attention` path;
+    otherwise the explicit one (same result, see `fused_attention_supports`).
 
     Args:
         dropout: float in [0, 1). Dropout on the attention weights during
@@ -205,14 +205,20 @@ class ScaledDotProductAttention(_AttentionPooling):
 
 
 def fused_attention_supports(key_dim, value_dim, dtype):
-    """Whether :func:`fused_attention` runs on every backend for these sizes and dtype.
+    """Whether to take :func:`fused_attention` for these sizes and dtype on this backend.
 
     `jax.nn.dot_product_attention` needs `key_dim == value_dim`, and under
     `jit` on CPU it asks XLA for a float16 dot with float32 accumulation,
     which XLA's CPU `dot_general` rejects; the explicit path gives the same
-    result in those cases.
+    result in those cases. TensorFlow has no fused kernel: Keras'
+    `dot_product_attention` there is the explicit arithmetic written with
+    other einsums, which forward+backward at ViT-Ti/16 shapes took 1.36x the
+    explicit path's time as a float32 graph, 1.34x in bfloat16 and 1.18x
+    under XLA (bfloat16 under XLA: 1.0x; 2-core Zen 5, benchmarks/README.md,
+    `attention`), so TensorFlow always takes the explicit path.
     """
-    return key_dim == value_dim and keras.backend.standardize_dtype(dtype) != "float16"
+    return (keras.backend.backend() != "tensorflow" and key_dim == value_dim
+            and keras.backend.standardize_dtype(dtype) != "float16")
 
 
 def fused_attention(query, key, value, mask, scale):

@@ -169,23 +169,13 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         scale = 1.0 / math.sqrt(self.key_dim)
         use_dropout = self.dropout > 0 and bool(training)
-        if (keras.backend.backend() != "tensorflow" and not return_attention_scores
-                and not use_dropout
+        if (not return_attention_scores and not use_dropout
                 and fused_attention_supports(self.key_dim, self.value_dim, self.compute_dtype)):
             return fused_attention(query, key, value, mask, scale), None
-        # Head-major matmuls. TensorFlow has no fused kernel: Keras'
-        # `dot_product_attention` there is two einsums over `(B, T, H, d)`, which
-        # TensorFlow wraps in transposes of the `(B, H, Tq, Tk)` products, and
-        # scales the logits instead of the queries. Transposing the three
-        # `(B, T, H, d)` inputs once took 0.72x the time forward+backward at
-        # ViT-Ti/16 shapes as a float32 graph, 0.75x in bfloat16, 0.9x under
-        # XLA (benchmarks/README.md, `attention`).
-        query = ops.transpose(query * ops.cast(scale, query.dtype), (0, 2, 1, 3))
-        scores = ops.matmul(query, ops.transpose(key, (0, 2, 3, 1)))  # (B, H, Tq, Tk)
+        scores = ops.einsum("bthd,bshd->bhts", query * ops.cast(scale, query.dtype), key)
         weights = ops.cast(masked_softmax(scores, mask), self.compute_dtype)
-        output = ops.matmul(self.dropout_layer(weights, training=training),
-                            ops.transpose(value, (0, 2, 1, 3)))
-        output = ops.transpose(output, (0, 2, 1, 3))
+        output = ops.einsum("bhts,bshd->bthd", self.dropout_layer(weights, training=training),
+                            value)
         return output, weights
 
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
