@@ -37,11 +37,13 @@ def gelu(x):
     """
     def grad(*args, upstream=None):
         upstream = args[0] if upstream is None else upstream
-        pdf = ops.exp(-0.5 * ops.square(x)) * ops.cast(_INV_SQRT_2PI, x.dtype)
-        return upstream * (cdf + x * pdf)
+        with keras.name_scope("gelu"):  # names the ops for profiles (benchmarks/step_profile.py)
+            pdf = ops.exp(-0.5 * ops.square(x)) * ops.cast(_INV_SQRT_2PI, x.dtype)
+            return upstream * (cdf + x * pdf)
 
-    cdf = 0.5 * (1.0 + ops.erf(x * ops.cast(_INV_SQRT2, x.dtype)))
-    return x * cdf, grad
+    with keras.name_scope("gelu"):
+        cdf = 0.5 * (1.0 + ops.erf(x * ops.cast(_INV_SQRT2, x.dtype)))
+        return x * cdf, grad
 
 
 def faster_equivalent(activation):

@@ -44,16 +44,19 @@ def layer_norm(x, gamma, beta, epsilon):
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            dy = ops.cast(upstream, "float32")
-            g = dy * gamma
-            dx = rstd * (g - ops.mean(g, axis=-1, keepdims=True)
-                         - xhat * ops.mean(g * xhat, axis=-1, keepdims=True))
-            rows = tuple(range(len(dy.shape) - 1))
-            return ops.cast(dx, dtype), ops.sum(dy * xhat, axis=rows), ops.sum(dy, axis=rows)
+            with keras.name_scope("layer_norm"):
+                dy = ops.cast(upstream, "float32")
+                g = dy * gamma
+                dx = rstd * (g - ops.mean(g, axis=-1, keepdims=True)
+                             - xhat * ops.mean(g * xhat, axis=-1, keepdims=True))
+                rows = tuple(range(len(dy.shape) - 1))
+                return (ops.cast(dx, dtype), ops.sum(dy * xhat, axis=rows),
+                        ops.sum(dy, axis=rows))
 
         return ops.cast(xhat * gamma + beta, dtype), grad
 
-    return normalise(x, ops.cast(gamma, "float32"), ops.cast(beta, "float32"))
+    with keras.name_scope("layer_norm"):  # names the ops for profiles (step_profile.py)
+        return normalise(x, ops.cast(gamma, "float32"), ops.cast(beta, "float32"))
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
