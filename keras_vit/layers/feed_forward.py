@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_vit.layers.gelu import faster_equivalent
-from keras_vit.layers.layer_norm import LayerNormalization
+from keras_vit.layers.activations import faster_equivalent
+from keras_vit.layers.normalization import LayerNormalization
 from keras_vit.layers.validation import check_positive_int, check_rate
 
 
@@ -32,7 +32,7 @@ class PositionWiseFeedForward(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        # Keras' exact GELU, computed faster (keras_vit.layers.gelu).
+        # Keras' exact GELU, computed faster (keras_vit.layers.activations).
         self.dense1 = keras.layers.Dense(self.hidden_dim,
                                          activation=faster_equivalent(self.activation),
                                          name="dense1", dtype=self.dtype_policy)

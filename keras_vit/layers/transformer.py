@@ -3,8 +3,8 @@
 import keras
 
 from keras_vit.layers.feed_forward import DropPath, PositionWiseFeedForward
-from keras_vit.layers.layer_norm import LayerNormalization
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
+from keras_vit.layers.normalization import LayerNormalization
 from keras_vit.layers.validation import check_positive_int, check_rate
 
 
@@ -40,9 +40,8 @@ class _TransformerBlock(keras.layers.Layer):
 
     def _norm(self, name, shape):
         # Keras' layer (statistics in float32 under mixed precision) with a
-        # written-out gradient (keras_vit.layers.layer_norm).
-        norm = LayerNormalization(epsilon=self.epsilon, name=name,
-                                               dtype=self.dtype_policy)
+        # written-out gradient (keras_vit.layers.normalization).
+        norm = LayerNormalization(epsilon=self.epsilon, name=name, dtype=self.dtype_policy)
         norm.build(shape)
         return norm
 

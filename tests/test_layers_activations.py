@@ -1,4 +1,4 @@
-"""keras_vit.layers.gelu: Keras' exact GELU with a written-out gradient.
+"""keras_vit.layers.activations: Keras' exact GELU with a written-out gradient.
 
 References: the closed form `x Phi(x)` and its derivative `Phi(x) + x phi(x)`
 in numpy (float64), Keras' own `gelu` and automatic differentiation of it.
@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vit.layers.gelu import faster_equivalent, gelu
+from keras_vit.layers.activations import faster_equivalent, gelu
 from layer_harness import (  # noqa: F401  (fixture is autouse)
     _restore_global_state,
     call_numpy,

@@ -1,4 +1,4 @@
-"""Layer normalisation over the last axis with a written-out gradient.
+"""Normalisation: layer normalisation over the last axis with a written-out gradient.
 
 `LayerNormalization` is Keras' layer (same weights, names, config and
 values); only its arithmetic over the feature axis is `layer_norm` below.
