@@ -202,6 +202,11 @@ def test_served_model_refuses_bad_images_naming_the_value_or_file(digit_run, tmp
     assert "images must be float32 [batch, 16, 64, 1]; got shape] [1 17 64 1]" in message, message
     with pytest.raises(tf.errors.InvalidArgumentError):
         signatures["serving_bytes"](images_bytes=tf.constant([b"not an image"]))
+    for bad in (np.nan, np.inf, -np.inf):
+        images = np.zeros((2, 16, 64, 1), np.float32)
+        images[1, 3, 5, 0] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+            signatures["serving_default"](images=tf.constant(images))
 
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((16, 64), np.uint8), mode="L").save(good)
