@@ -11,7 +11,7 @@ from keras_vit.layers.updates import write_slice
 from keras_vit.layers.validation import check_positive_int, check_rate
 
 
-def dense_matrix(layer, dtype):
+def dense_matrix(layer, dtype, scale=None):
     """A `Dense` or `EinsumDense` layer's weights as a 2-D matmul: `(kernel, bias or None)`.
 
     `kernel` is `(D_in, D_out)`: a `(D, H, d)` input-projection kernel becomes
@@ -21,14 +21,19 @@ def dense_matrix(layer, dtype):
     Args:
         layer: a built, unquantized `keras.layers.Dense` or `EinsumDense`.
         dtype: the dtype to cast to (the compute dtype).
+        scale: optional float multiplying kernel and bias (in the variables'
+            dtype, before the cast): the layer's output times `scale`.
 
     Example:
     >>> kernel, bias = dense_matrix(mha.query_dense, "float32")  # (D, H * key_dim), (H * key_dim,)
     """
-    kernel = ops.cast(layer.kernel, dtype)
+    kernel, bias = layer.kernel, getattr(layer, "bias", None)
+    if scale is not None:
+        kernel = kernel * scale
+        bias = None if bias is None else bias * scale
+    kernel = ops.cast(kernel, dtype)
     heads_in = len(kernel.shape) == 3 and getattr(layer, "equation", "").startswith("abcd")
     rows = kernel.shape[0] * kernel.shape[1] if heads_in else kernel.shape[0]
-    bias = getattr(layer, "bias", None)
     return (ops.reshape(kernel, (rows, -1)),
             None if bias is None else ops.reshape(ops.cast(bias, dtype), (-1,)))
 
@@ -131,8 +136,8 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         self.output_dense.build((None, None, self.num_heads, self.value_dim))
 
-    def project(self, dense, inputs):
-        """`dense(inputs)` for one of the four projections, as a 2-D matmul over rows.
+    def project(self, dense, inputs, scale=None):
+        """`dense(inputs)` (times `scale`) for one of the four projections, as a 2-D matmul.
 
         The `EinsumDense` layers hold the weights (Keras' names and shapes);
         the arithmetic runs on `(B * T, features)` rows against the kernel
@@ -145,13 +150,18 @@ class MultiHeadAttention(keras.layers.Layer):
         Args:
             dense: `self.query_dense`, `key_dense`, `value_dense` or `output_dense`.
             inputs: `(B, T, D)` for the input projections, `(B, T, H, dv)` for the output.
+            scale: optional float multiplying the projection, applied to the
+                kernel and bias (`D x H*d` values) rather than to every
+                `(B, T, H, d)` output: `call` folds the attention's
+                `1 / sqrt(key_dim)` into the query projection this way.
 
         Returns:
             `(B, T, H, head_dim)`, or `(B, T, output_dim)` for the output projection.
         """
         if dense.quantization_mode is not None or dense.lora_enabled:
-            return dense(inputs)
-        kernel, bias = dense_matrix(dense, self.compute_dtype)
+            outputs = dense(inputs)
+            return outputs if scale is None else outputs * ops.cast(scale, outputs.dtype)
+        kernel, bias = dense_matrix(dense, self.compute_dtype, scale)
         shape = ops.shape(inputs)
         rows = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[0])), kernel)
         if bias is not None:
@@ -161,18 +171,22 @@ class MultiHeadAttention(keras.layers.Layer):
         return ops.reshape(rows, (shape[0], shape[1], *out_shape))
 
     def attend(self, query, key, value, mask=None, return_attention_scores=False,
-               training=None):
+               training=None, scale=None):
         """Attention on projected heads: `(B, Tq, H, dk)`, `(B, Tk, H, dk)`, `(B, Tk, H, dv)`.
 
         Returns `(B, Tq, H, dv)` and the weights `(B, H, Tq, Tk)` (or None when
         not requested, which allows the fused kernel where it is supported).
+        `scale` multiplies the logits: None is `1 / sqrt(key_dim)`; `call`
+        passes 1.0 for queries projected with that factor already.
         """
-        scale = 1.0 / math.sqrt(self.key_dim)
+        scale = self.query_scale if scale is None else scale
         use_dropout = self.dropout > 0 and bool(training)
         if (not return_attention_scores and not use_dropout
                 and fused_attention_supports(self.key_dim, self.value_dim, self.compute_dtype)):
             return fused_attention(query, key, value, mask, scale), None
-        scores = ops.einsum("bthd,bshd->bhts", query * ops.cast(scale, query.dtype), key)
+        if scale != 1.0:
+            query = query * ops.cast(scale, query.dtype)
+        scores = ops.einsum("bthd,bshd->bhts", query, key)
         weights = ops.cast(masked_softmax(scores, mask), self.compute_dtype)
         output = ops.einsum("bhts,bshd->bthd", self.dropout_layer(weights, training=training),
                             value)
@@ -183,12 +197,17 @@ class MultiHeadAttention(keras.layers.Layer):
         key = value if key is None else key
         mask = merge_masks(ops.shape(query)[1], ops.shape(key)[1], attention_mask,
                            valid_lens, use_causal_mask)
-        output, weights = self.attend(self.project(self.query_dense, query),
+        output, weights = self.attend(self.project(self.query_dense, query, self.query_scale),
                                       self.project(self.key_dense, key),
                                       self.project(self.value_dense, value), mask,
-                                      return_attention_scores, training)
+                                      return_attention_scores, training, scale=1.0)
         output = self.project(self.output_dense, output)
         return (output, weights) if return_attention_scores else output
+
+    @property
+    def query_scale(self):
+        """`1 / sqrt(key_dim)`: the factor of the attention logits."""
+        return 1.0 / math.sqrt(self.key_dim)
 
     def init_cache(self, batch_size, max_length):
         """Zero key/value cache `(B, 2, max_length, H, key_dim)` for `call_with_cache`."""
@@ -224,8 +243,9 @@ class MultiHeadAttention(keras.layers.Layer):
         mask = causal_mask(steps, max_length, offset=cache_update_index)
         if attention_mask is not None:
             mask = ops.logical_and(mask, ops.cast(attention_mask, "bool"))
-        output, weights = self.attend(self.project(self.query_dense, query), cache[:, 0],
-                                      cache[:, 1], mask, return_attention_scores, training)
+        output, weights = self.attend(self.project(self.query_dense, query, self.query_scale),
+                                      cache[:, 0], cache[:, 1], mask, return_attention_scores,
+                                      training, scale=1.0)
         output = self.project(self.output_dense, output)
         if return_attention_scores:
             return output, cache, weights

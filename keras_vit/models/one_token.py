@@ -22,7 +22,6 @@ values of each position, as the fused projection gives them. Everything is `kera
 """
 
 import collections
-import math
 
 import keras
 from keras import ops
@@ -46,12 +45,10 @@ def cast_to(x, dtype):
     return ops.cast(x, dtype)
 
 
-def _variable(value, dtype, shape=None, scale=None):
+def _variable(value, dtype, shape=None):
     """A weight's value, read now (`copy`: not lazily inside the decoding loop)."""
     value = cast_to(ops.copy(value), dtype)
-    if shape is not None:
-        value = ops.reshape(value, shape)
-    return value if scale is None else value * ops.cast(scale, dtype)
+    return value if shape is None else ops.reshape(value, shape)
 
 
 def _check_plain(layer):
@@ -63,9 +60,8 @@ def _check_plain(layer):
 def _dense(layer, dtype, scale=None):
     """`Dense` or `EinsumDense` as a 2-D `(kernel (D_in, D_out), bias (D_out,) or None)`."""
     _check_plain(layer)
-    kernel, bias = dense_matrix(layer, dtype)
-    return Dense(_variable(kernel, dtype, scale=scale),
-                 None if bias is None else _variable(bias, dtype, scale=scale))
+    kernel, bias = dense_matrix(layer, dtype, scale)  # scaled as the layer's own call does
+    return Dense(_variable(kernel, dtype), None if bias is None else _variable(bias, dtype))
 
 
 def read_norm(layer):
@@ -109,16 +105,14 @@ def read_block(block):
     if attention.value_dim != attention.key_dim:
         raise ValueError("a key/value cache needs value_dim == key_dim; received "
                          f"key_dim={attention.key_dim}, value_dim={attention.value_dim}")
-    # The layers scale the projected queries by 1/sqrt(key_dim); folding it into the
-    # query kernel saves a multiply per step.
-    scale = 1.0 / math.sqrt(attention.key_dim)
-    qkv = _concat_dense([_dense(attention.query_dense, dtype, scale),
+    # As the layers' call: 1/sqrt(key_dim) folded into the query kernel and bias.
+    qkv = _concat_dense([_dense(attention.query_dense, dtype, attention.query_scale),
                          _dense(attention.key_dense, dtype), _dense(attention.value_dense, dtype)])
     mlp = block.mlp
     return BlockWeights(
         norm_first=block.norm_first, heads=attention.num_heads, key_dim=attention.key_dim,
         qkv=qkv, self_out=_dense(attention.output_dense, dtype),
-        cross_query=_dense(cross.query_dense, dtype, 1.0 / math.sqrt(cross.key_dim)),
+        cross_query=_dense(cross.query_dense, dtype, cross.query_scale),
         cross_out=_dense(cross.output_dense, dtype),
         norms=(read_norm(block.norm1), read_norm(block.norm2), read_norm(block.norm3)),
         mlp_in=_dense(mlp.dense1, dtype), mlp_out=_dense(mlp.dense2, dtype),
