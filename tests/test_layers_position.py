@@ -306,6 +306,54 @@ def test_patch_embedding_order_is_row_major():
     np.testing.assert_allclose(out[0, :, 0], np.arange(gh * gw), atol=1e-6)
 
 
+class _KerasConvPatches(keras.layers.Layer):
+    """Reference: a built PatchEmbedding's weights through Keras' own Conv2D call."""
+
+    def __init__(self, embedding):
+        super().__init__(dtype=embedding.dtype_policy)
+        self.embedding = embedding
+
+    def call(self, images):
+        grid, width = self.embedding.grid, self.embedding.hidden_dim
+        return keras.ops.reshape(self.embedding.projection(images), (-1, grid[0] * grid[1], width))
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+@pytest.mark.parametrize("patch,image", [(4, (8, 12, 3)), ((16, 4), (16, 64, 1))])
+def test_patch_embedding_matmul_equals_keras_conv(dtype, tolerance, patch, image):
+    """The layer's matmul over patch pixels: Keras' Conv2D values and gradients, any policy."""
+    from layer_harness import layer_gradients
+
+    rng = np.random.default_rng(11)
+    images = rng.uniform(0, 255, (3, *image)).astype("float32")
+    layer = layer_class("PatchEmbedding")(patch, 8, dtype=dtype)
+    layer(images)
+    reference = _KerasConvPatches(layer)
+    out, expected = to_numpy(layer(images)), to_numpy(reference(images))
+    assert layer(images).dtype == reference(images).dtype == layer.compute_dtype
+    # Tolerances relative to the largest value (bfloat16 keeps 8 bits).
+    np.testing.assert_allclose(out.astype("float32"), expected.astype("float32"),
+                               atol=tolerance * np.abs(expected).max())
+    projections = [rng.normal(size=out.shape).astype("float32")]
+    grads, _ = layer_gradients(layer, (images,), {}, projections)
+    expected_grads, _ = layer_gradients(reference, (images,), {}, projections)
+    assert len(grads) == len(expected_grads) == 2  # kernel and bias
+    for grad, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad, want, atol=tolerance * np.abs(want).max())
+
+
+def test_patch_embedding_reads_the_lora_kernel_like_keras_conv():
+    rng = np.random.default_rng(12)
+    images = rng.uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    layer = layer_class("PatchEmbedding")(4, 6)
+    before = to_numpy(layer(images))
+    layer.projection.enable_lora(2)
+    layer.projection.lora_kernel_b.assign(rng.normal(size=(2, 6)).astype("float32"))
+    after = to_numpy(layer(images))
+    assert np.abs(after - before).max() > 1e-3  # the LoRA update counts
+    np.testing.assert_allclose(after, to_numpy(_KerasConvPatches(layer)(images)), atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "patch,image,needles",
     [
