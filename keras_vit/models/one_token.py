@@ -45,10 +45,9 @@ def cast_to(x, dtype):
     return ops.cast(x, dtype)
 
 
-def _variable(value, dtype, shape=None):
+def _variable(value, dtype):
     """A weight's value, read now (`copy`: not lazily inside the decoding loop)."""
-    value = cast_to(ops.copy(value), dtype)
-    return value if shape is None else ops.reshape(value, shape)
+    return cast_to(ops.copy(value), dtype)
 
 
 def _check_plain(layer):
