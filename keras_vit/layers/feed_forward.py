@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_vit.layers.activations import faster_equivalent
+from keras_vit.layers.bias import add_bias
 from keras_vit.layers.normalization import LayerNormalization
 from keras_vit.layers.validation import check_positive_int, check_rate
 
@@ -44,12 +45,24 @@ class PositionWiseFeedForward(keras.layers.Layer):
         # The dense layers see rows `(B * T, d)`: on TensorFlow a rank-3 `Dense`
         # input becomes a batched matmul, which oneDNN does not fuse with the
         # bias and GELU; as 2-D matmuls the MLP's forward pass took 0.72x the
-        # time at ViT-Ti/16 shapes (benchmarks/README.md, `vit`).
+        # time at ViT-Ti/16 shapes (benchmarks/README.md, `vit`). In training
+        # the bias is added by `add_bias`: Keras' `Dense` gradient sums a
+        # bfloat16 bias gradient in bfloat16 on TensorFlow (~50 % error).
         shape = ops.shape(inputs)
         rows = ops.reshape(inputs, (-1, shape[-1]))
-        hidden = self.dropout_layer(self.dense1(rows), training=training)
-        outputs = self.dropout_layer(self.dense2(hidden), training=training)
+        hidden = self.dropout_layer(self._dense(self.dense1, rows, training), training=training)
+        outputs = self.dropout_layer(self._dense(self.dense2, hidden, training), training=training)
         return ops.reshape(outputs, shape)
+
+    def _dense(self, layer, rows, training):
+        """`layer(rows)`; in bfloat16 training, with the bias gradient summed in float32 precision."""
+        if (not training or self.compute_dtype != "bfloat16"
+                or layer.quantization_mode is not None or layer.lora_enabled):
+            return layer(rows)
+        outputs = ops.matmul(rows, ops.cast(layer.kernel, self.compute_dtype))
+        if layer.use_bias:
+            outputs = add_bias(outputs, ops.cast(layer.bias, self.compute_dtype))
+        return layer.activation(outputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
