@@ -62,7 +62,9 @@ def describe_sources() -> str:
             "                      left out with a warning (bad-image policies: "
             + ", ".join(BAD_IMAGE_POLICIES) + ")",
             "augmentations (training split only): " + ", ".join(AUGMENTATIONS),
-            "  default: crop (pad then random crop back) for digits, characters and",
-            "  grayscale sources; crop_flip for colour images",
+            "  default: train takes its preset's (affine for images up to 64 pixels,",
+            "  the digits included); otherwise, and always in tune, crop (pad then",
+            "  random crop back) for digits, characters and grayscale sources, crop_flip",
+            "  for colour images",
         ]
     )

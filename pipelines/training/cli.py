@@ -25,7 +25,7 @@ def _description():
                "(digits: " + ", ".join(f"{k}={v}" for k, v in PRESETS["digits"].items())
                + "; other data: scaled to the image size, channels and number of training "
                "images -- a patch grid of at least 4x4, width and depth growing with the "
-               "data, epochs fitting a ~3.5-minute planned fit on 2 CPU cores, affine augmentation "
+               "data, epochs fitting a ~200-s planned fit on 2 CPU cores, affine augmentation "
                "and shift averaging for images up to 64 pixels; the job prints its choice).")
     return textwrap.fill(presets, width=79)
 
