@@ -30,6 +30,26 @@ def test_convert_writes_a_keras_model_at_a_new_size_with_a_new_head(tmp_path, np
     assert sorted(p.name for p in out.parent.iterdir()) == ["vit.keras"]  # no temporary left
 
 
+def test_convert_mean_and_std_normalise_the_pixels(tmp_path, npz_path, capsys):
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    normalised, default = tmp_path / "normalised.keras", tmp_path / "default.keras"
+    assert main([npz_path, str(normalised), "--mean", ",".join(map(str, mean)),
+                 "--std", ",".join(map(str, std))]) == 0, capsys.readouterr().err
+    assert main([npz_path, str(default)]) == 0, capsys.readouterr().err
+    features = lambda m: keras.Model(m.input, m.get_layer("head").input)  # noqa: E731
+    images = random_images((2, 12, 12, 3), seed=4).astype("float64")
+    # The default model maps x to (x / 255 - 0.5) / 0.5; feed it pixels that map to
+    # (x / 255 - mean) / std, the normalisation --mean/--std ask for.
+    equivalent = 255.0 * (0.5 + 0.5 * (images / 255.0 - mean) / std)
+    got = features(keras.models.load_model(normalised)).predict(images.astype("float32"),
+                                                                verbose=0)
+    expected = features(keras.models.load_model(default)).predict(
+        equivalent.astype("float32"), verbose=0)
+    np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-4)
+    assert not np.allclose(got, features(keras.models.load_model(default)).predict(
+        images.astype("float32"), verbose=0), atol=1e-2)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--image-size", "14,12"], "does not divide"),
     (["--num-heads", "3"], "num_heads=3 contradicts"),
