@@ -129,6 +129,20 @@ def test_folder_with_split_folders_reads_every_split_and_builds_the_vocabulary(t
     assert texts <= set(train_texts)
 
 
+def test_folder_with_a_val_folder_uses_it_as_the_validation_split(tmp_path):
+    from pipelines.sequence.sources import read_folder
+
+    written = write_folder_dataset(tmp_path / "plates", sizes=(20, 6, 5))
+    (tmp_path / "plates" / "validation").rename(tmp_path / "plates" / "val")
+    raw = read_folder(str(tmp_path / "plates"), None, seed=0)
+    assert {role: len(split) for role, split in raw.splits.items()} == {
+        "train": 20, "validation": 6, "test": 5}
+    validation = raw.splits["validation"]
+    assert [pathlib.Path(p).parent.name for p in validation.paths] == ["val"] * 6
+    assert sorted(zip((pathlib.Path(p).name for p in validation.paths), validation.texts)) == \
+        sorted(written["validation"])
+
+
 def test_single_labels_csv_carves_validation_and_test(tmp_path):
     from pipelines.sequence.sources import read_folder
 
