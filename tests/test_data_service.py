@@ -121,3 +121,35 @@ def test_keras_vit_train_reads_its_batches_from_the_service(service, tmp_path, c
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["epoch"] == [0, 1] and all(np.isfinite(history["loss"]))
     assert history["loss"][1] < history["loss"][0]
+
+
+@pytest.mark.slow
+def test_dispatcher_with_a_work_dir_survives_a_restart_mid_iteration(tmp_path):
+    """`dispatcher --work-dir`: a restarted dispatcher recovers its journal, and an
+    iteration begun before the restart finishes with every element once."""
+    import tensorflow as tf
+
+    port, journal = free_port(), tmp_path / "journal"
+    dispatcher = start("data-service", "dispatcher", "--port", port, "--work-dir", journal)
+    processes = [dispatcher]
+    try:
+        wait_for_line(dispatcher, f"dispatcher at grpc://localhost:{port}")
+        worker = start("data-service", "worker", "--dispatcher", f"localhost:{port}",
+                       "--port", 0, "--worker-address", "localhost:%port%")
+        processes.append(worker)
+        wait_for_line(worker, "tf.data service worker at localhost:")
+        local = tf.data.Dataset.range(40).batch(4)
+        iterator = iter(distribute_through_service(local, f"grpc://localhost:{port}"))
+        seen = [next(iterator).numpy().tolist() for _ in range(3)]
+        assert any(journal.rglob("*")), "the dispatcher wrote no journal"
+        dispatcher.terminate()
+        assert dispatcher.wait(timeout=30) == 0
+        dispatcher = start("data-service", "dispatcher", "--port", port, "--work-dir", journal)
+        processes[0] = dispatcher
+        wait_for_line(dispatcher, f"dispatcher at grpc://localhost:{port}")
+        seen += [batch.numpy().tolist() for batch in iterator]
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+    assert seen == [batch.numpy().tolist() for batch in local]
