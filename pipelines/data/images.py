@@ -66,13 +66,24 @@ def decode_pixels(image_bytes, channels):
     """uint8 `[h, w, channels]` pixels of one encoded image at its own size (GIF: first frame).
 
     The one decode call behind `decode_image` and `decode_same_size_files`.
+    TensorFlow's GIF and BMP decoders cannot convert to one channel, so for
+    `channels=1` those two are decoded as RGB and converted to grey
+    (`tf.image.rgb_to_grayscale`); JPEG and PNG convert in their decoders.
 
     Example:
         >>> decode_pixels(tf.io.read_file("cat.png"), 3).dtype
         tf.uint8
     """
-    return tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8,
-                              expand_animations=False)
+    def decode(channels):
+        return tf.io.decode_image(image_bytes, channels=channels, dtype=tf.uint8,
+                                  expand_animations=False)
+
+    if channels != 1:
+        return decode(channels)
+    rgb_only = tf.logical_or(tf.equal(tf.strings.substr(image_bytes, 0, 3), b"GIF"),
+                             tf.equal(tf.strings.substr(image_bytes, 0, 2), b"BM"))
+    # Explicit tf.cond: ExportArchive traces endpoints with autograph off.
+    return tf.cond(rgb_only, lambda: tf.image.rgb_to_grayscale(decode(3)), lambda: decode(1))
 
 
 def decode_image(image_bytes, image_shape):
