@@ -17,7 +17,12 @@ import time
 
 from pipelines.tuning import leaderboard as board
 from pipelines.tuning.config import READ_BATCH, check_config
-from pipelines.tuning.space_input import check_space_unchanged, load_space, parse_objective
+from pipelines.tuning.space_input import (
+    SPACE_FILE,
+    check_space_unchanged,
+    load_space,
+    parse_objective,
+)
 from pipelines.tuning.tuners import (
     distributed_role,
     interrupted_trials,
@@ -56,6 +61,8 @@ class SearchContext:
 
 def load_tune_data(config):
     """The job's data: trials re-batch the unbatched examples with their own batch size."""
+    import tensorflow as tf
+
     from pipelines.data import load_datasets
 
     data = load_datasets(config.dataset, batch_size=READ_BATCH, image_size=config.image_size,
@@ -69,8 +76,16 @@ def load_tune_data(config):
     if config.train_examples:
         train = train.take(config.train_examples)
         num_train = min(num_train, config.train_examples)
+    num_validation = data.info.num_validation
     if config.validation_examples:
         validation = validation.take(config.validation_examples)
+        num_validation = min(num_validation, config.validation_examples)
+    # unbatch() and take() lose the datasets' sizes. Keras then meets the end of an
+    # epoch as an exhausted iterator, and on TensorFlow its optimizer counts one
+    # step more per epoch than it trains (6 batches counted 9 over 3 epochs), so
+    # the learning-rate schedule ran out before the last epoch. Sized, it does not.
+    train = train.apply(tf.data.experimental.assert_cardinality(num_train))
+    validation = validation.apply(tf.data.experimental.assert_cardinality(num_validation))
     return TuneData(train, validation, data.test, data.info, num_train)
 
 
@@ -102,6 +117,9 @@ def tune(config, log=print, callbacks=None):
     from pipelines.precision import choose_precision
 
     start = time.perf_counter()
+    # Seeded before the input pipeline is built: its shuffles take their seeds
+    # from TensorFlow's global seed, so a second search in one process repeats.
+    keras.utils.set_random_seed(config.seed)
     data = load_tune_data(config)
     info = data.info
     hypermodel = ViTHyperModel(info.image_shape, info.num_classes, space, epochs=config.epochs,
@@ -113,7 +131,6 @@ def tune(config, log=print, callbacks=None):
 
     previous_policy = keras.config.dtype_policy()
     try:
-        keras.utils.set_random_seed(config.seed)
         policy, reason = choose_precision(config.precision)
         # The hypermodel applies the policy to every trial itself: keras-tuner
         # clears the Keras session, global policy included, before each one.
@@ -141,17 +158,24 @@ def _start_tuner(context, objective):
     # (written after its first finished trial; by a chief when it starts serving).
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     resuming = os.path.exists(os.path.join(project_dir, f"{tuner_id}.json")) and not overwrite
+    record = {"space": context.hypermodel.space, "tuner": config.tuner,
+              "objective": config.objective, "dataset": context.data.info.name,
+              "image_shape": list(context.data.info.image_shape)}
+    if role != "worker":
+        # Before the tuner: keras-tuner reloads the project's oracle in its
+        # constructor (another tuner's state fails to load there) and, with
+        # --overwrite, deletes the project folder.
+        check_space_unchanged(project_dir, record, overwrite)
     tuner = make_tuner(config.tuner, context.hypermodel, objective=objective,
                        max_trials=config.max_trials, epochs=config.epochs,
                        directory=config.output_dir, project_name=config.project_name,
                        overwrite=overwrite, seed=config.seed,
                        hyperband_factor=config.hyperband_factor)
     if role != "worker":
-        info = context.data.info
-        check_space_unchanged(project_dir, {
-            "space": context.hypermodel.space, "tuner": config.tuner,
-            "objective": config.objective, "dataset": info.name,
-            "image_shape": list(info.image_shape)}, overwrite)
+        from pipelines.reporting import write_json
+
+        os.makedirs(project_dir, exist_ok=True)  # --overwrite: keras-tuner deleted it
+        write_json(os.path.join(project_dir, SPACE_FILE), record)
         if resuming:
             finished = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
             log(f"resuming the search in {project_dir}: {finished} finished trial(s) kept, "

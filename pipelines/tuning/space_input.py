@@ -105,9 +105,27 @@ def parse_objective(text):
     return kt.Objective(name, direction=direction)
 
 
+SPACE_FILE = "search_space.json"
+
+
 def check_space_unchanged(project_dir, record, overwrite):
-    """Refuses to resume a search whose space or tuner differs from this run's."""
-    path = os.path.join(project_dir, "search_space.json")
+    """Refuses to resume a search whose space, tuner or objective differs from `record`.
+
+    Reads `project_dir/search_space.json` (written by the run that started the
+    search); writes nothing. Call it before building the tuner.
+
+    Args:
+        project_dir: the keras-tuner project folder.
+        record: this run's `{"space", "tuner", "objective", "dataset", "image_shape"}`.
+        overwrite: bool. With it the search starts over: nothing to compare.
+
+    Raises:
+        ValueError: naming the folder, when the records differ.
+
+    Example:
+    >>> check_space_unchanged("runs/tune/search", record, overwrite=False)
+    """
+    path = os.path.join(project_dir, SPACE_FILE)
     if os.path.exists(path) and not overwrite:
         with open(path) as handle:
             previous = json.load(handle)
@@ -115,6 +133,4 @@ def check_space_unchanged(project_dir, record, overwrite):
             raise ValueError(f"the search in {project_dir} was started with another search "
                              f"space, tuner or objective ({path}); pass --overwrite to start "
                              "over, or another --project-name")
-    from pipelines.reporting import write_json
-    write_json(path, record)
 
