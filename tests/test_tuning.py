@@ -218,6 +218,23 @@ def test_hyperband_passes_epochs_and_initial_epoch(digits, recorder, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_schedule_spans_every_epoch_on_a_dataset_of_unknown_size(digits):
+    """An unbatched `take()` has no known size; the optimizer still counts one step per
+    batch (Keras alone counts an extra one per epoch there), so the warm-up + cosine
+    schedule, sized from `num_train_examples`, reaches its end with the last epoch."""
+    train, validation, _ = digits
+    assert int(train.cardinality()) == -2
+    hypermodel = tiny_hypermodel({"hidden_dim": [16]}, epochs=3)
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    history = hypermodel.fit(hp, model, train, validation_data=validation, epochs=3, verbose=0)
+    steps = hypermodel.steps_per_epoch(64)
+    assert steps == TRAIN_EXAMPLES // 64
+    assert int(model.optimizer.iterations.numpy()) == 3 * steps
+    assert len(history.history["loss"]) == 3
+
+
+@pytest.mark.slow
 def test_bayesian_optimization_runs(digits, recorder, tmp_path):
     tuner = search(kt.BayesianOptimization(tiny_hypermodel(), objective="val_accuracy",
                                            max_trials=1, seed=2, directory=str(tmp_path),

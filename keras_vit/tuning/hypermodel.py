@@ -267,9 +267,17 @@ class ViTHyperModel(keras_tuner.HyperModel):
         x = args.pop(0) if args else kwargs.pop("x", None)
         kwargs.pop("batch_size", None)  # the hyperparameter decides
         input_rank = len(model.input_shape)
+        steps = self.steps_per_epoch(batch_size)
         if hasattr(x, "element_spec"):
             x = _batched(x, batch_size, input_rank, rebatch=True,
                          drop_remainder=self.drop_remainder)
+            if steps and _unknown_size(x):
+                # On TensorFlow, Keras 3 counts one optimizer step more per epoch
+                # than it trains on a dataset of unknown size (6 batches counted
+                # 9 over 3 epochs), so the schedule ran out before the last epoch.
+                # Each epoch re-creates the iterator: repeat().take() is exactly
+                # one pass of `steps` batches, and sized.
+                x = x.repeat().take(steps)
             # A dataset shuffles itself; Keras only warns about `shuffle=True` for it.
             kwargs.setdefault("shuffle", False)
         elif x is not None and hasattr(x, "shape"):
@@ -280,11 +288,16 @@ class ViTHyperModel(keras_tuner.HyperModel):
             kwargs["validation_data"] = _batched(validation, batch_size, input_rank,
                                                  rebatch=False, drop_remainder=False)
         initial_epoch = kwargs.get("initial_epoch") or 0
-        steps = self.steps_per_epoch(batch_size)
         if initial_epoch and steps:
             optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
             optimizer.iterations.assign(initial_epoch * steps)
         return model.fit(x, *args, **kwargs)
+
+
+def _unknown_size(dataset):
+    """Whether a `tf.data`-like dataset's cardinality is unknown (`-2`)."""
+    cardinality = getattr(dataset, "cardinality", None)
+    return cardinality is not None and int(cardinality()) == -2
 
 
 def _batched(dataset, batch_size, input_rank, rebatch, drop_remainder):
