@@ -211,7 +211,9 @@ def warmup_cosine_schedule(learning_rate, total_steps, warmup_fraction=DEFAULT_W
 
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): `inf` or `nan` rates would train to NaN."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,13 +242,13 @@ class TrainingRecipe:
         for name in ("learning_rate", "clipnorm"):
             value = getattr(self, name)
             if not _is_number(value) or not value > 0:
-                raise ValueError(f"`{name}` must be a positive number; received {value!r}")
+                raise ValueError(f"`{name}` must be a finite number > 0; received {value!r}")
         for name in ("warmup_fraction", "label_smoothing"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1); received {value!r}")
+                raise ValueError(f"`{name}` must be a number in [0, 1); received {value!r}")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be a number >= 0; "
+            raise ValueError(f"`weight_decay` must be a finite number >= 0; "
                              f"received {self.weight_decay!r}")
 
     def schedule(self, total_steps):

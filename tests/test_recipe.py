@@ -118,11 +118,16 @@ def test_recipe_compiles_adamw_with_clipping_schedule_loss_and_accuracy():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("learning_rate", 0.0, "`learning_rate` must be a positive number; received 0.0"),
-    ("clipnorm", -1.0, "`clipnorm` must be a positive number"),
-    ("label_smoothing", 1.0, "`label_smoothing` must be in [0, 1); received 1.0"),
-    ("warmup_fraction", -0.1, "`warmup_fraction` must be in [0, 1)"),
-    ("weight_decay", -0.5, "`weight_decay` must be a number >= 0; received -0.5"),
+    ("learning_rate", 0.0, "`learning_rate` must be a finite number > 0; received 0.0"),
+    ("learning_rate", float("inf"), "`learning_rate` must be a finite number > 0; received inf"),
+    ("clipnorm", -1.0, "`clipnorm` must be a finite number > 0"),
+    ("clipnorm", float("inf"), "`clipnorm` must be a finite number > 0; received inf"),
+    ("label_smoothing", 1.0, "`label_smoothing` must be a number in [0, 1); received 1.0"),
+    ("label_smoothing", float("nan"), "`label_smoothing` must be a number in [0, 1)"),
+    ("warmup_fraction", -0.1, "`warmup_fraction` must be a number in [0, 1)"),
+    ("weight_decay", -0.5, "`weight_decay` must be a finite number >= 0; received -0.5"),
+    ("weight_decay", float("nan"), "`weight_decay` must be a finite number >= 0; received nan"),
+    ("weight_decay", float("inf"), "`weight_decay` must be a finite number >= 0; received inf"),
 ])
 def test_recipe_rejects_bad_values(field, value, message):
     values = dict(learning_rate=1e-3)

@@ -8,6 +8,7 @@ Example:
 """
 
 import dataclasses
+import math
 import os
 
 from keras_vit.recipe import (
@@ -196,7 +197,9 @@ def check_sequence_config(config):
     tta_shift = config.tta_shift
     if isinstance(tta_shift, bool) or not isinstance(tta_shift, int) or tta_shift < 0:
         raise ValueError(f"--tta-shift must be an integer >= 0; received {tta_shift!r}")
-    if not isinstance(config.length_penalty, (int, float)) or config.length_penalty < 0:
-        raise ValueError(f"--length-penalty must be a number >= 0; "
+    penalty = config.length_penalty
+    if (isinstance(penalty, bool) or not isinstance(penalty, (int, float))
+            or not math.isfinite(penalty) or penalty < 0):
+        raise ValueError(f"--length-penalty must be a finite number >= 0; "
                          f"received {config.length_penalty!r}")
     check_recipe(config)

@@ -22,6 +22,7 @@ Example:
 PosixPath('savedmodels/sequence_digit_strings/1')
 """
 
+import math
 import pathlib
 
 import numpy as np
@@ -72,8 +73,9 @@ def check_decoding_options(beam_width, length_penalty, tta_shift=0):
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width <= 0:
         raise ValueError(f"beam_width must be a positive integer; received {beam_width!r}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
-            or length_penalty < 0:
-        raise ValueError(f"length_penalty must be a number >= 0; received {length_penalty!r}")
+            or not math.isfinite(length_penalty) or length_penalty < 0:
+        raise ValueError(f"length_penalty must be a finite number >= 0; "
+                         f"received {length_penalty!r}")
 
 
 def text_lookup_table(vocab):
