@@ -140,6 +140,16 @@ def test_empty_folder_fails(tmp_path):
         load_datasets(str(tmp_path))
 
 
+@pytest.mark.parametrize("layout", ["flat", "splits"])
+def test_folder_with_one_class_fails_before_reading_images(tmp_path, layout):
+    root = tmp_path / "train" if layout == "splits" else tmp_path
+    os.makedirs(root / "cats")
+    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(root / "cats" / "0.png")
+    with pytest.raises(ValueError, match=r"one class sub-folder \('cats'\): a classifier "
+                                         r"needs at least 2 classes"):
+        load_datasets(str(tmp_path))
+
+
 def test_folder_without_images_fails(tmp_path):
     os.makedirs(tmp_path / "cats")
     (tmp_path / "cats" / "readme.txt").write_text("no images here")
@@ -300,6 +310,7 @@ def test_bad_files_fail_before_training_naming_each_file(folder_with_bad_files):
 def test_many_bad_files_are_named_up_to_five_then_counted(tmp_path):
     for i in range(3):
         write_png(str(tmp_path / "cat" / f"good{i}.png"), i)
+        write_png(str(tmp_path / "dog" / f"good{i}.png"), i)
     names = [f"junk{i}.png" for i in range(8)]
     for name in names:
         (tmp_path / "cat" / name).write_bytes(b"not an image at all")

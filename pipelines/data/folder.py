@@ -156,7 +156,7 @@ def list_classes(directory):
     """Sorted class names and, per class index, the sorted list of image paths.
 
     Raises:
-        ValueError: no class sub-folders, or class sub-folders without images.
+        ValueError: fewer than 2 class sub-folders, or class sub-folders without images.
 
     Example:
         >>> list_classes("/data/pets/train")
@@ -167,6 +167,11 @@ def list_classes(directory):
         raise ValueError(
             f"image folder {directory!r} has no class sub-folders: expected one sub-folder "
             f"of {'/'.join(IMAGE_EXTENSIONS)} images per class"
+        )
+    if len(class_names) == 1:
+        raise ValueError(
+            f"image folder {directory!r} has one class sub-folder ({class_names[0]!r}): a "
+            "classifier needs at least 2 classes, one sub-folder of images each"
         )
     files = [_list_images(os.path.join(directory, name)) for name in class_names]
     empty = [name for name, paths in zip(class_names, files) if not paths]
