@@ -8,6 +8,7 @@ loopback with a chief and two workers in subprocesses.
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -96,6 +97,12 @@ def test_space_file_then_command_line(tmp_path):
         "depth": 6, "pooling": ["gap"], "dropout": 0.0}
     assert tune_job.parse_objective("val_loss").direction == "min"
     assert tune_job.parse_objective("val_accuracy").direction == "max"
+    assert tune_job.parse_objective("accuracy:min").direction == "min"
+    for bad, needle in (("bogus", "the trials log loss, accuracy, val_loss, val_accuracy; "
+                                  "received the name 'bogus'"),
+                        ("val_loss:down", "expected NAME or NAME:min / NAME:max")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            tune_job.parse_objective(bad)
 
 
 @pytest.mark.parametrize("space, space_file, message", [
@@ -114,6 +121,14 @@ def test_invalid_space_fails_before_any_trial(data_dir, tmp_path, capsys, space,
     assert tune_job.main(argv) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("run/**/trial_*"))  # no trial ever started
+
+
+def test_unknown_objective_fails_before_anything_is_written(data_dir, tmp_path, capsys):
+    argv = ["--dataset", "digits", "--data-dir", data_dir, "--offline", "--no-export",
+            "--output-dir", str(tmp_path / "run"), "--objective", "bogus"]
+    assert tune_job.main(argv) == 2
+    assert "--objective 'bogus': the trials log" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------- local search

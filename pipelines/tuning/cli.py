@@ -42,7 +42,8 @@ def _add_search_arguments(parser):
     search.add_argument("--hyperband-factor", type=int, default=3,
                         help="Hyperband's reduction factor")
     search.add_argument("--objective", default="val_accuracy",
-                        help="metric to optimise, NAME or NAME:min|max")
+                        help="metric to optimise, NAME or NAME:min|max; NAME is one of "
+                             "loss, accuracy, val_loss, val_accuracy")
     search.add_argument("--space", action="append", default=[], metavar="KEY=VALUES",
                         help="search-space override (repeatable), see below")
     search.add_argument("--space-file", help="JSON object of search-space overrides; --space "

@@ -90,11 +90,16 @@ def load_space(space_file=None, space_args=()):
     return space
 
 
+#: What every trial logs (the recipe's loss and `LabelAccuracy`, on train and validation).
+TRIAL_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
 def parse_objective(text):
     """`"val_accuracy"` or `"val_loss:min"` -> a `keras_tuner.Objective`.
 
     Without a direction, names with `loss` or `error` are minimised, others
-    maximised.
+    maximised. The name must be one the trials log (`TRIAL_METRICS`): any other
+    would be found missing only after the first trial trained.
     """
     import keras_tuner as kt
 
@@ -102,6 +107,9 @@ def parse_objective(text):
     direction = direction or ("min" if "loss" in name or "error" in name else "max")
     if not name or direction not in ("min", "max"):
         raise ValueError(f"--objective {text!r}: expected NAME or NAME:min / NAME:max")
+    if name not in TRIAL_METRICS:
+        raise ValueError(f"--objective {text!r}: the trials log {', '.join(TRIAL_METRICS)}; "
+                         f"received the name {name!r}")
     return kt.Objective(name, direction=direction)
 
 
