@@ -428,6 +428,18 @@ def rerun(cli_run, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_tta_shift_too_large_for_the_images_fails_before_anything_is_written(
+        tmp_path, digits_data_dir):
+    run_dir = tmp_path / "run"
+    code, _, err = run_main(["--data-dir", digits_data_dir, "--tta-shift", "4", "--no-export",
+                             "--output-dir", str(run_dir)] + tiny_flags())
+    assert code == 2
+    assert ("--tta-shift 4: views of 8x8 images shifted that far are mostly blank; expected "
+            "at most 3") in one_error_line(err)
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
 def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_data_dir):
     run_dir = tmp_path / "run"
     shutil.copytree(cli_run["run_dir"], run_dir)

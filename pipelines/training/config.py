@@ -234,6 +234,22 @@ def check_config(config):
     check_recipe(config)
 
 
+def check_tta_shift(tta_shift, image_shape):
+    """Raises ValueError unless every shifted view keeps more than half of the image.
+
+    `--tta-shift N` averages the views shifted by up to N pixels each way; with
+    `2 N >= min(H, W)` the outermost views are mostly zero fill.
+
+    Example:
+    >>> check_tta_shift(1, (8, 8, 1))  # fine; 4 would raise
+    """
+    side = min(image_shape[:2])
+    if tta_shift and 2 * tta_shift >= side:
+        raise ValueError(f"--tta-shift {tta_shift}: views of {image_shape[0]}x{image_shape[1]} "
+                         f"images shifted that far are mostly blank; expected at most "
+                         f"{(side - 1) // 2}")
+
+
 def hypermodel_of(config, info, **kwargs):
     """A `ViTHyperModel` whose every hyperparameter is fixed to this run's value.
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from pipelines.training import evaluation as evaluation_module
-from pipelines.training.config import check_config, model_kwargs
+from pipelines.training.config import check_config, check_tta_shift, model_kwargs
 from pipelines.training.data_loading import describe_data, describe_fit, load_run_data
 from pipelines.training.fit import fit_model, trainable_parameters
 from pipelines.training.init_checkpoint import (
@@ -66,6 +66,7 @@ def _checked_start(config):
 
 def _check_model(config, info, kwargs):
     """Fails on a bad architecture, or a checkpoint unfit for the data, before anything is written."""
+    check_tta_shift(config.tta_shift, info.image_shape)
     if config.init:
         open_init_checkpoint(config, info.image_shape)  # channels, patch grid
     else:
