@@ -476,6 +476,31 @@ def test_choice_lists_import_without_tensorflow():
     assert "'error', 'skip'" in result.stdout and "'crop_flip'" in result.stdout
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_one_channel_decode_of_every_format_is_the_files_grey(fmt, mode):
+    """`decode_pixels(..., 1)` reads each format (TF's GIF, BMP and WebP decoders alone
+    cannot give one channel) as grey: PIL's own conversion within one level (the
+    luma weights differ in the 4th digit); exact for grey files."""
+    import io
+
+    from pipelines.data.images import decode_pixels
+
+    rng = np.random.default_rng(3)
+    shape = (6, 5) if mode == "L" else (6, 5, 3)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    if fmt == "JPEG":  # lossy: a flat image survives it
+        pixels = np.full(shape, 77, np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, format=fmt, lossless=True)
+    payload = buffer.getvalue()
+    grey = np.asarray(Image.open(io.BytesIO(payload)).convert("L"), np.int32)
+    got = decode_pixels(tf.constant(payload), 1).numpy().astype(np.int32)
+    assert got.shape == (6, 5, 1)
+    tolerance = 0 if mode == "L" and fmt != "JPEG" else 1
+    assert np.abs(got[..., 0] - grey).max() <= tolerance
+
+
 @pytest.mark.parametrize("file_size", [(12, 10), (6, 5)])
 def test_one_size_folder_decodes_in_batches_like_decode_image(tmp_path, file_size):
     """The one-size fast path (batched read, decode and resize) gives `decode_image`'s pixels.

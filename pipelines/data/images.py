@@ -66,8 +66,8 @@ def decode_pixels(image_bytes, channels):
     """uint8 `[h, w, channels]` pixels of one encoded image at its own size (GIF: first frame).
 
     The one decode call behind `decode_image` and `decode_same_size_files`.
-    TensorFlow's GIF and BMP decoders cannot convert to one channel, so for
-    `channels=1` those two are decoded as RGB and converted to grey
+    TensorFlow's GIF, BMP and WebP decoders cannot convert to one channel, so
+    for `channels=1` those are decoded as RGB and converted to grey
     (`tf.image.rgb_to_grayscale`); JPEG and PNG convert in their decoders.
 
     Example:
@@ -80,8 +80,11 @@ def decode_pixels(image_bytes, channels):
 
     if channels != 1:
         return decode(channels)
-    rgb_only = tf.logical_or(tf.equal(tf.strings.substr(image_bytes, 0, 3), b"GIF"),
-                             tf.equal(tf.strings.substr(image_bytes, 0, 2), b"BM"))
+    def starts(offset, magic):
+        return tf.equal(tf.strings.substr(image_bytes, offset, len(magic)), magic)
+
+    webp = tf.logical_and(starts(0, b"RIFF"), starts(8, b"WEBP"))
+    rgb_only = tf.reduce_any(tf.stack([starts(0, b"GIF"), starts(0, b"BM"), webp]))
     # Explicit tf.cond: ExportArchive traces endpoints with autograph off.
     return tf.cond(rgb_only, lambda: tf.image.rgb_to_grayscale(decode(3)), lambda: decode(1))
 
