@@ -104,11 +104,16 @@ def add_export_arguments(group, default_model_name):
                        help="Keras fit verbosity (1: progress bar)")
 
 
+class TrainingDiverged(RuntimeError):
+    """Training ended with a non-finite loss: nothing is exported."""
+
+
 def run_training_job(job, config, debug, prog="keras-vit train"):
     """Runs `job(config)` the way `keras-vit train` reports it; returns the exit status.
 
     Bad options or data (`ValueError`, `OSError`) print one line
-    `<prog>: error: ...` (plus the traceback with `--debug`) and give 2;
+    `<prog>: error: ...` (plus the traceback with `--debug`) and give 2; a run
+    whose loss went non-finite (`TrainingDiverged`) gives 1, nothing exported;
     Ctrl-C gives 130 with the resume hint; success 0. Both training tasks and
     `keras-vit tune` (`prog`) use it.
 
@@ -126,6 +131,11 @@ def run_training_job(job, config, debug, prog="keras-vit train"):
         message = " ".join(str(error).split("\n"))
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

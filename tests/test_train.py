@@ -440,6 +440,21 @@ def test_tta_shift_too_large_for_the_images_fails_before_anything_is_written(
 
 
 @pytest.mark.slow
+def test_a_diverged_run_exits_1_with_one_line_and_exports_nothing(tmp_path, digits_data_dir):
+    flags = tiny_flags() + ["--epochs", "1"]
+    code, _, err = run_main(["--data-dir", digits_data_dir, "--learning-rate", "1e30",
+                             "--clipnorm", "1e30", "--tta-shift", "0", "--no-baseline",
+                             "--output-dir", str(tmp_path / "run"),
+                             "--export-dir", str(tmp_path / "savedmodels")] + flags)
+    assert code == 1
+    line = one_error_line(err)
+    assert "training diverged: the test loss is nan" in line
+    assert "Lower --learning-rate (now 1e+30)" in line and "Traceback" not in err
+    assert not (tmp_path / "savedmodels").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
 def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_data_dir):
     run_dir = tmp_path / "run"
     shutil.copytree(cli_run["run_dir"], run_dir)

@@ -154,6 +154,14 @@ def _finish(config, data, fitted, metrics, phases, log):
     scores = phases.timed("evaluate", evaluation_module.evaluate_best, config, fitted.model,
                           data.test)
     steady = fitted.epoch_seconds[1:] or fitted.epoch_seconds
+    if not np.isfinite(scores.metrics["test_loss"]):
+        from pipelines.cli_args import TrainingDiverged
+
+        raise TrainingDiverged(
+            f"training diverged: the test loss is {scores.metrics['test_loss']} (history in "
+            f"{config.output_dir}); nothing exported. Lower --learning-rate (now "
+            f"{config.learning_rate}) or --clipnorm (now {config.clipnorm}) and run again "
+            "with --overwrite")
     metrics.update(scores.metrics)
     metrics.update({
         "model": scores.best.name, "parameters": int(scores.best.count_params()),
