@@ -155,6 +155,19 @@ def test_single_labels_csv_carves_validation_and_test(tmp_path):
     assert raw.origins["test"].startswith("carved from labels.csv")
 
 
+def test_labels_csv_with_a_utf8_byte_order_mark_reads_like_the_plain_one(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a BOM; it is no part of the header."""
+    from pipelines.sequence.sources import read_labels_csv
+
+    written = write_split(tmp_path / "plain", "train", 4)
+    plain = read_labels_csv(str(tmp_path / "plain" / "labels.csv"))
+    csv_path = tmp_path / "plain" / "labels.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    with_bom = read_labels_csv(str(csv_path))
+    assert with_bom == plain
+    assert with_bom.texts == [text for _, text in written]
+
+
 def test_tfds_digit_strings_reads_every_split(digit_strings_data_dir):  # noqa: F811
     from pipelines.data.digit_strings import generate_strings
     from pipelines.sequence.data import load_sequence_data

@@ -11,8 +11,8 @@ run folder exists.
 * folder: ``ROOT/labels.csv`` (validation and test carved from it, seeded), or
   ``ROOT/train/labels.csv`` plus any of ``ROOT/validation`` (or ``val``) and
   ``ROOT/test``, each with its own ``labels.csv``; a missing split is carved
-  from train. A ``labels.csv`` has the header ``filename,text``; file names are
-  relative to its folder.
+  from train. A ``labels.csv`` (UTF-8, a leading byte order mark ignored) has
+  the header ``filename,text``; file names are relative to its folder.
 
 Example:
 >>> raw = read_folder("/data/plates", image_size=None, seed=0)
@@ -203,7 +203,8 @@ def read_labels_csv(path):
     """
     folder = os.path.dirname(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        # utf-8-sig: the byte order mark Excel's "CSV UTF-8" writes first is no header text.
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error})") from None
