@@ -168,6 +168,20 @@ def test_labels_csv_with_a_utf8_byte_order_mark_reads_like_the_plain_one(tmp_pat
     assert with_bom.texts == [text for _, text in written]
 
 
+def test_labels_csv_names_may_use_sub_folders_but_not_leave_the_folder(tmp_path):
+    from pipelines.sequence.sources import read_labels_csv
+
+    write_split(tmp_path / "plates" / "scans", "train", 2)
+    csv_path = tmp_path / "plates" / "labels.csv"
+    csv_path.write_text("filename,text\nscans/train_000.png,ab\n./scans/train_001.png,c\n")
+    split = read_labels_csv(str(csv_path))
+    assert [pathlib.Path(p).name for p in split.paths] == ["train_000.png", "train_001.png"]
+    for name in ("scans/../../plates/scans/train_000.png", "..", "/etc/hostname"):
+        csv_path.write_text(f"filename,text\nscans/train_000.png,ab\n{name},c\n")
+        with pytest.raises(ValueError, match=f"labels.csv line 3: image name '{name}' is outside"):
+            read_labels_csv(str(csv_path))
+
+
 def test_tfds_digit_strings_reads_every_split(digit_strings_data_dir):  # noqa: F811
     from pipelines.data.digit_strings import generate_strings
     from pipelines.sequence.data import load_sequence_data
@@ -206,6 +220,15 @@ def _resize(root, split, index):
     return path.name
 
 
+def _rename_row(root, split, line, name):
+    """Writes file name `name` on `line` (1-based, header = line 1) of ROOT/split/labels.csv."""
+    path = root / split / "labels.csv"
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    rows[line - 1][0] = name(root) if callable(name) else name
+    path.write_text("".join(",".join(row) + "\n" for row in rows))
+    return rows[line - 1][0]
+
+
 BAD_CASES = {
     "unknown character in test": (
         lambda root: rewrite_label(root, "test", 3, "abz"),
@@ -219,6 +242,14 @@ BAD_CASES = {
     "too long": (
         lambda root: rewrite_label(root, "train", 4, "abcdefghij"),
         ["train/labels.csv line 4", "'abcdefghij' has 10 characters; max_length=8"]),
+    "absolute file name": (
+        lambda root: _rename_row(root, "test", 3, lambda r: str(r / "test" / "test_001.png")),
+        ["test/labels.csv line 3: image name '/", "test_001.png' is outside",
+         "expected a name relative to the labels.csv folder"]),
+    "file name out of the csv's folder": (
+        lambda root: _rename_row(root, "validation", 2, "../train/train_000.png"),
+        ["validation/labels.csv line 2: image name '../train/train_000.png' is outside",
+         "no absolute path or '..'"]),
     "undecodable image": (
         lambda root: _corrupt(root, "validation", 1, b"\x89PNG\r\n\x1a\n truncated"),
         ["cannot be decoded", "validation/validation_001.png"]),

@@ -12,7 +12,8 @@ run folder exists.
   ``ROOT/train/labels.csv`` plus any of ``ROOT/validation`` (or ``val``) and
   ``ROOT/test``, each with its own ``labels.csv``; a missing split is carved
   from train. A ``labels.csv`` (UTF-8, a leading byte order mark ignored) has
-  the header ``filename,text``; file names are relative to its folder.
+  the header ``filename,text``; file names are relative to its folder and stay
+  inside it (sub-folders allowed; no absolute names, no ``..``).
 
 Example:
 >>> raw = read_folder("/data/plates", image_size=None, seed=0)
@@ -194,12 +195,25 @@ def find_label_files(root):
     return found
 
 
+def inside_folder(filename):
+    """Whether `filename` is relative and stays inside its folder (no absolute path, no "..").
+
+    Example:
+    >>> inside_folder("plates/a.png"), inside_folder("../a.png"), inside_folder("/a.png")
+    (True, False, False)
+    """
+    normal = os.path.normpath(filename)
+    return not (os.path.isabs(filename) or normal == os.pardir
+                or normal.startswith(os.pardir + os.sep))
+
+
 def read_labels_csv(path):
     """`RawSplit` of one labels.csv: image paths (checked to exist), texts, names.
 
     Raises:
-        ValueError: wrong header, a row without two fields, a missing image or
-            an empty label; names the file and line.
+        ValueError: wrong header, a row without two fields, an image name
+            outside the csv's folder, a missing image or an empty label; names
+            the file and line.
     """
     folder = os.path.dirname(path)
     try:
@@ -221,6 +235,10 @@ def read_labels_csv(path):
         filename, text = row
         if not text:
             raise ValueError(f"{where} ({filename}): empty label; expected at least one character")
+        if not inside_folder(filename):
+            raise ValueError(f"{where}: image name {filename!r} is outside {folder or '.'}; "
+                             f"expected a name relative to the {LABELS_CSV} folder "
+                             "(sub-folders allowed, no absolute path or '..')")
         image_path = os.path.join(folder, filename)
         if not os.path.isfile(image_path):
             raise ValueError(f"{where}: image {filename!r} not found in {folder}")
