@@ -182,6 +182,24 @@ def test_labels_csv_names_may_use_sub_folders_but_not_leave_the_folder(tmp_path)
             read_labels_csv(str(csv_path))
 
 
+def test_an_image_listed_twice_in_labels_csv_is_refused_naming_both_lines(tmp_path):
+    """One file with two labels (carved, it could land in two splits) is refused, however
+    its name is spelled."""
+    from pipelines.sequence.sources import read_folder
+
+    written = write_split(tmp_path / "one", "train", 10)
+    csv_path = tmp_path / "one" / "labels.csv"
+    plain = csv_path.read_text()
+    csv_path.write_text(plain + f"{written[0][0]},bbb\n")
+    with pytest.raises(ValueError, match=r"labels.csv lines 2 and 12 both list image "
+                                         r"'train_000.png'; expected each image once"):
+        read_folder(str(tmp_path / "one"), None, seed=0)
+    csv_path.write_text(plain + f"./{written[3][0]},bbb\n")
+    with pytest.raises(ValueError, match=r"lines 5 and 12 both list image './train_003.png' "
+                                         r"\(as 'train_003.png' on line 5\)"):
+        read_folder(str(tmp_path / "one"), None, seed=0)
+
+
 def test_tfds_digit_strings_reads_every_split(digit_strings_data_dir):  # noqa: F811
     from pipelines.data.digit_strings import generate_strings
     from pipelines.sequence.data import load_sequence_data
@@ -229,6 +247,12 @@ def _rename_row(root, split, line, name):
     return rows[line - 1][0]
 
 
+def _link_to_train_002(root):
+    """validation/v.png: a link to train/train_002.png; returns its name."""
+    (root / "validation" / "v.png").symlink_to(root / "train" / "train_002.png")
+    return "v.png"
+
+
 BAD_CASES = {
     "unknown character in test": (
         lambda root: rewrite_label(root, "test", 3, "abz"),
@@ -250,6 +274,15 @@ BAD_CASES = {
         lambda root: _rename_row(root, "validation", 2, "../train/train_000.png"),
         ["validation/labels.csv line 2: image name '../train/train_000.png' is outside",
          "no absolute path or '..'"]),
+    "file listed twice": (
+        lambda root: _rename_row(root, "train", 5, "train_001.png"),
+        ["train/labels.csv lines 3 and 5 both list image 'train_001.png'",
+         "expected each image once"]),
+    "file in two splits": (
+        lambda root: _rename_row(root, "validation", 2, _link_to_train_002),
+        ["train/labels.csv line 4 (train_002.png) and ",
+         "validation/labels.csv line 2 (v.png) are the same image file",
+         "expected each image in one split only"]),
     "undecodable image": (
         lambda root: _corrupt(root, "validation", 1, b"\x89PNG\r\n\x1a\n truncated"),
         ["cannot be decoded", "validation/validation_001.png"]),

@@ -13,7 +13,8 @@ run folder exists.
   ``ROOT/test``, each with its own ``labels.csv``; a missing split is carved
   from train. A ``labels.csv`` (UTF-8, a leading byte order mark ignored) has
   the header ``filename,text``; file names are relative to its folder and stay
-  inside it (sub-folders allowed; no absolute names, no ``..``).
+  inside it (sub-folders allowed; no absolute names, no ``..``); each image is
+  listed once, in one split.
 
 Example:
 >>> raw = read_folder("/data/plates", image_size=None, seed=0)
@@ -212,8 +213,8 @@ def read_labels_csv(path):
 
     Raises:
         ValueError: wrong header, a row without two fields, an image name
-            outside the csv's folder, a missing image or an empty label; names
-            the file and line.
+            outside the csv's folder, a missing image, an image listed twice or
+            an empty label; names the file and line.
     """
     folder = os.path.dirname(path)
     try:
@@ -226,6 +227,7 @@ def read_labels_csv(path):
         raise ValueError(f"{path}: first line {rows[0] if rows else []!r}; expected the header "
                          f"{','.join(CSV_HEADER)}")
     texts, names, paths = [], [], []
+    listed = {}  # resolved image path -> (line, file name) of its first row
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
@@ -242,6 +244,11 @@ def read_labels_csv(path):
         image_path = os.path.join(folder, filename)
         if not os.path.isfile(image_path):
             raise ValueError(f"{where}: image {filename!r} not found in {folder}")
+        first = listed.setdefault(os.path.realpath(image_path), (line, filename))
+        if first[0] != line:
+            also = "" if first[1] == filename else f" (as {first[1]!r} on line {first[0]})"
+            raise ValueError(f"{path} lines {first[0]} and {line} both list image "
+                             f"{filename!r}{also}; expected each image once, with one label")
         texts.append(text)
         names.append(f"{where} ({filename})")
         paths.append(image_path)
@@ -260,17 +267,35 @@ def read_folder(root, image_size, seed):
         seed: seeds carving missing splits.
 
     Raises:
-        ValueError: see `read_labels_csv`; undecodable images, and images of
-            another size than the others (without `image_size`), named.
+        ValueError: see `read_labels_csv`; one image in two splits, undecodable
+            images, and images of another size than the others (without
+            `image_size`), named.
     """
     files = find_label_files(root)
     splits = {role: read_labels_csv(path) for role, path in files.items()}
     origins = {role: os.path.relpath(path, root) for role, path in files.items()}
+    check_distinct_splits(splits)
     all_paths = [p for split in splits.values() for p in split.paths]
     image_shape = check_images(all_paths, image_size, root)
     splits, origins = _complete(splits, origins, seed)
     name = os.path.basename(os.path.normpath(root)) or "dataset"
     return RawSplits(name, splits, image_shape, origins)
+
+
+def check_distinct_splits(splits):
+    """Raises ValueError naming both rows when one image file is listed by two splits.
+
+    Args:
+        splits: dict role -> `RawSplit` of image paths (`read_labels_csv`).
+    """
+    listed = {}  # resolved image path -> name of its first row
+    for split in splits.values():
+        for path, name in zip(split.paths, split.names):
+            resolved = os.path.realpath(path)
+            if resolved in listed:
+                raise ValueError(f"{listed[resolved]} and {name} are the same image file; "
+                                 "expected each image in one split only")
+            listed[resolved] = name
 
 
 def _named(items, root):
