@@ -265,7 +265,8 @@ BAD_CASES = {
         ["train/labels.csv line 5", "empty label"]),
     "too long": (
         lambda root: rewrite_label(root, "train", 4, "abcdefghij"),
-        ["train/labels.csv line 4", "'abcdefghij' has 10 characters; max_length=8"]),
+        ["train/labels.csv line 4", "'abcdefghij' has 10 characters, the most of any label",
+         "--max-length is 8, which allows at most 7", "raise --max-length to 11 or more"]),
     "absolute file name": (
         lambda root: _rename_row(root, "test", 3, lambda r: str(r / "test" / "test_001.png")),
         ["test/labels.csv line 3: image name '/", "test_001.png' is outside",
@@ -318,6 +319,16 @@ def test_missing_labels_csv_and_bad_options_exit_2(tmp_path):
                               "--output-dir", str(tmp_path / "run")])
     assert code == 2 and "--max-length must be >= 2" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_help_shows_the_max_length_default_of_the_preset():
+    from pipelines.sequence.cli import build_parser
+    from pipelines.sequence.config import SEQUENCE_PRESET
+
+    help_text = " ".join(build_parser().format_help().split())
+    assert SEQUENCE_PRESET["max_length"] == 8
+    assert ("--max-length MAX_LENGTH longest output in tokens: the longest label plus its end "
+            "token; default: the preset's (8)") in help_text
 
 
 def test_letters_fixture_maps_digits():
