@@ -155,6 +155,51 @@ def test_single_labels_csv_carves_validation_and_test(tmp_path):
     assert raw.origins["test"].startswith("carved from labels.csv")
 
 
+def test_labels_csv_with_a_utf8_byte_order_mark_reads_like_the_plain_one(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a BOM; it is no part of the header."""
+    from pipelines.sequence.sources import read_labels_csv
+
+    written = write_split(tmp_path / "plain", "train", 4)
+    plain = read_labels_csv(str(tmp_path / "plain" / "labels.csv"))
+    csv_path = tmp_path / "plain" / "labels.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    with_bom = read_labels_csv(str(csv_path))
+    assert with_bom == plain
+    assert with_bom.texts == [text for _, text in written]
+
+
+def test_labels_csv_names_may_use_sub_folders_but_not_leave_the_folder(tmp_path):
+    from pipelines.sequence.sources import read_labels_csv
+
+    write_split(tmp_path / "plates" / "scans", "train", 2)
+    csv_path = tmp_path / "plates" / "labels.csv"
+    csv_path.write_text("filename,text\nscans/train_000.png,ab\n./scans/train_001.png,c\n")
+    split = read_labels_csv(str(csv_path))
+    assert [pathlib.Path(p).name for p in split.paths] == ["train_000.png", "train_001.png"]
+    for name in ("scans/../../plates/scans/train_000.png", "..", "/etc/hostname"):
+        csv_path.write_text(f"filename,text\nscans/train_000.png,ab\n{name},c\n")
+        with pytest.raises(ValueError, match=f"labels.csv line 3: image name '{name}' is outside"):
+            read_labels_csv(str(csv_path))
+
+
+def test_an_image_listed_twice_in_labels_csv_is_refused_naming_both_lines(tmp_path):
+    """One file with two labels (carved, it could land in two splits) is refused, however
+    its name is spelled."""
+    from pipelines.sequence.sources import read_folder
+
+    written = write_split(tmp_path / "one", "train", 10)
+    csv_path = tmp_path / "one" / "labels.csv"
+    plain = csv_path.read_text()
+    csv_path.write_text(plain + f"{written[0][0]},bbb\n")
+    with pytest.raises(ValueError, match=r"labels.csv lines 2 and 12 both list image "
+                                         r"'train_000.png'; expected each image once"):
+        read_folder(str(tmp_path / "one"), None, seed=0)
+    csv_path.write_text(plain + f"./{written[3][0]},bbb\n")
+    with pytest.raises(ValueError, match=r"lines 5 and 12 both list image './train_003.png' "
+                                         r"\(as 'train_003.png' on line 5\)"):
+        read_folder(str(tmp_path / "one"), None, seed=0)
+
+
 def test_tfds_digit_strings_reads_every_split(digit_strings_data_dir):  # noqa: F811
     from pipelines.data.digit_strings import generate_strings
     from pipelines.sequence.data import load_sequence_data
@@ -193,6 +238,21 @@ def _resize(root, split, index):
     return path.name
 
 
+def _rename_row(root, split, line, name):
+    """Writes file name `name` on `line` (1-based, header = line 1) of ROOT/split/labels.csv."""
+    path = root / split / "labels.csv"
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    rows[line - 1][0] = name(root) if callable(name) else name
+    path.write_text("".join(",".join(row) + "\n" for row in rows))
+    return rows[line - 1][0]
+
+
+def _link_to_train_002(root):
+    """validation/v.png: a link to train/train_002.png; returns its name."""
+    (root / "validation" / "v.png").symlink_to(root / "train" / "train_002.png")
+    return "v.png"
+
+
 BAD_CASES = {
     "unknown character in test": (
         lambda root: rewrite_label(root, "test", 3, "abz"),
@@ -205,7 +265,25 @@ BAD_CASES = {
         ["train/labels.csv line 5", "empty label"]),
     "too long": (
         lambda root: rewrite_label(root, "train", 4, "abcdefghij"),
-        ["train/labels.csv line 4", "'abcdefghij' has 10 characters; max_length=8"]),
+        ["train/labels.csv line 4", "'abcdefghij' has 10 characters, the most of any label",
+         "--max-length is 8, which allows at most 7", "raise --max-length to 11 or more"]),
+    "absolute file name": (
+        lambda root: _rename_row(root, "test", 3, lambda r: str(r / "test" / "test_001.png")),
+        ["test/labels.csv line 3: image name '/", "test_001.png' is outside",
+         "expected a name relative to the labels.csv folder"]),
+    "file name out of the csv's folder": (
+        lambda root: _rename_row(root, "validation", 2, "../train/train_000.png"),
+        ["validation/labels.csv line 2: image name '../train/train_000.png' is outside",
+         "no absolute path or '..'"]),
+    "file listed twice": (
+        lambda root: _rename_row(root, "train", 5, "train_001.png"),
+        ["train/labels.csv lines 3 and 5 both list image 'train_001.png'",
+         "expected each image once"]),
+    "file in two splits": (
+        lambda root: _rename_row(root, "validation", 2, _link_to_train_002),
+        ["train/labels.csv line 4 (train_002.png) and ",
+         "validation/labels.csv line 2 (v.png) are the same image file",
+         "expected each image in one split only"]),
     "undecodable image": (
         lambda root: _corrupt(root, "validation", 1, b"\x89PNG\r\n\x1a\n truncated"),
         ["cannot be decoded", "validation/validation_001.png"]),
@@ -241,6 +319,16 @@ def test_missing_labels_csv_and_bad_options_exit_2(tmp_path):
                               "--output-dir", str(tmp_path / "run")])
     assert code == 2 and "--max-length must be >= 2" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_help_shows_the_max_length_default_of_the_preset():
+    from pipelines.sequence.cli import build_parser
+    from pipelines.sequence.config import SEQUENCE_PRESET
+
+    help_text = " ".join(build_parser().format_help().split())
+    assert SEQUENCE_PRESET["max_length"] == 8
+    assert ("--max-length MAX_LENGTH longest output in tokens: the longest label plus its end "
+            "token; default: the preset's (8)") in help_text
 
 
 def test_letters_fixture_maps_digits():

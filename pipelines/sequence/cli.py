@@ -88,7 +88,8 @@ def _add_data_and_model(parser):
                            "digit images of the splits fitted on, each digit augmented on its "
                            "own (--augmentation); default: fresh on digit_strings, else fixed")
     data.add_argument("--max-length", type=int,
-                      help="longest output in tokens: the longest label plus its end token")
+                      help="longest output in tokens: the longest label plus its end token; "
+                           f"default: the preset's ({SEQUENCE_PRESET['max_length']})")
     model = parser.add_argument_group("model")
     model.add_argument("--variant", help="ViT encoder size and patch, e.g. Ti/4")
     model.add_argument("--patch-size", type=patch_size,

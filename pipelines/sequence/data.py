@@ -118,8 +118,24 @@ def composes_fresh_strings(source):
     return not is_folder_source(source) and name.split("/")[0] == "digit_strings"
 
 
+def check_max_length(raw, max_length):
+    """Raises ValueError naming the longest label when it and its end token exceed `max_length`.
+
+    The message names `--max-length`, its value and the value that fits every label.
+    """
+    labels = ((text, name) for split in raw.splits.values()
+              for text, name in zip(split.texts, split.names))
+    text, name = max(labels, key=lambda label: len(label[0]), default=("", ""))
+    if len(text) + 1 > max_length:
+        raise ValueError(f"{name}: label {text!r} has {len(text)} characters, the most of any "
+                         f"label; --max-length is {max_length}, which allows at most "
+                         f"{max_length - 1} (plus the end token): raise --max-length to "
+                         f"{len(text) + 1} or more")
+
+
 def encode_splits(raw, max_length):
     """`(vocab, {role: int32 targets (N, max_length)})`: vocabulary from train, every split checked."""
+    check_max_length(raw, max_length)
     vocab = CharVocabulary.from_texts(raw.splits["train"].texts)
     tokens = {role: vocab.encode_all(split.texts, max_length, split.names)
               for role, split in raw.splits.items()}

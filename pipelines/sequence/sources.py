@@ -11,8 +11,10 @@ run folder exists.
 * folder: ``ROOT/labels.csv`` (validation and test carved from it, seeded), or
   ``ROOT/train/labels.csv`` plus any of ``ROOT/validation`` (or ``val``) and
   ``ROOT/test``, each with its own ``labels.csv``; a missing split is carved
-  from train. A ``labels.csv`` has the header ``filename,text``; file names are
-  relative to its folder.
+  from train. A ``labels.csv`` (UTF-8, a leading byte order mark ignored) has
+  the header ``filename,text``; file names are relative to its folder and stay
+  inside it (sub-folders allowed; no absolute names, no ``..``); each image is
+  listed once, in one split.
 
 Example:
 >>> raw = read_folder("/data/plates", image_size=None, seed=0)
@@ -194,16 +196,30 @@ def find_label_files(root):
     return found
 
 
+def inside_folder(filename):
+    """Whether `filename` is relative and stays inside its folder (no absolute path, no "..").
+
+    Example:
+    >>> inside_folder("plates/a.png"), inside_folder("../a.png"), inside_folder("/a.png")
+    (True, False, False)
+    """
+    normal = os.path.normpath(filename)
+    return not (os.path.isabs(filename) or normal == os.pardir
+                or normal.startswith(os.pardir + os.sep))
+
+
 def read_labels_csv(path):
     """`RawSplit` of one labels.csv: image paths (checked to exist), texts, names.
 
     Raises:
-        ValueError: wrong header, a row without two fields, a missing image or
+        ValueError: wrong header, a row without two fields, an image name
+            outside the csv's folder, a missing image, an image listed twice or
             an empty label; names the file and line.
     """
     folder = os.path.dirname(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        # utf-8-sig: the byte order mark Excel's "CSV UTF-8" writes first is no header text.
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error})") from None
@@ -211,6 +227,7 @@ def read_labels_csv(path):
         raise ValueError(f"{path}: first line {rows[0] if rows else []!r}; expected the header "
                          f"{','.join(CSV_HEADER)}")
     texts, names, paths = [], [], []
+    listed = {}  # resolved image path -> (line, file name) of its first row
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
@@ -220,9 +237,18 @@ def read_labels_csv(path):
         filename, text = row
         if not text:
             raise ValueError(f"{where} ({filename}): empty label; expected at least one character")
+        if not inside_folder(filename):
+            raise ValueError(f"{where}: image name {filename!r} is outside {folder or '.'}; "
+                             f"expected a name relative to the {LABELS_CSV} folder "
+                             "(sub-folders allowed, no absolute path or '..')")
         image_path = os.path.join(folder, filename)
         if not os.path.isfile(image_path):
             raise ValueError(f"{where}: image {filename!r} not found in {folder}")
+        first = listed.setdefault(os.path.realpath(image_path), (line, filename))
+        if first[0] != line:
+            also = "" if first[1] == filename else f" (as {first[1]!r} on line {first[0]})"
+            raise ValueError(f"{path} lines {first[0]} and {line} both list image "
+                             f"{filename!r}{also}; expected each image once, with one label")
         texts.append(text)
         names.append(f"{where} ({filename})")
         paths.append(image_path)
@@ -241,17 +267,35 @@ def read_folder(root, image_size, seed):
         seed: seeds carving missing splits.
 
     Raises:
-        ValueError: see `read_labels_csv`; undecodable images, and images of
-            another size than the others (without `image_size`), named.
+        ValueError: see `read_labels_csv`; one image in two splits, undecodable
+            images, and images of another size than the others (without
+            `image_size`), named.
     """
     files = find_label_files(root)
     splits = {role: read_labels_csv(path) for role, path in files.items()}
     origins = {role: os.path.relpath(path, root) for role, path in files.items()}
+    check_distinct_splits(splits)
     all_paths = [p for split in splits.values() for p in split.paths]
     image_shape = check_images(all_paths, image_size, root)
     splits, origins = _complete(splits, origins, seed)
     name = os.path.basename(os.path.normpath(root)) or "dataset"
     return RawSplits(name, splits, image_shape, origins)
+
+
+def check_distinct_splits(splits):
+    """Raises ValueError naming both rows when one image file is listed by two splits.
+
+    Args:
+        splits: dict role -> `RawSplit` of image paths (`read_labels_csv`).
+    """
+    listed = {}  # resolved image path -> name of its first row
+    for split in splits.values():
+        for path, name in zip(split.paths, split.names):
+            resolved = os.path.realpath(path)
+            if resolved in listed:
+                raise ValueError(f"{listed[resolved]} and {name} are the same image file; "
+                                 "expected each image in one split only")
+            listed[resolved] = name
 
 
 def _named(items, root):
