@@ -149,6 +149,7 @@ def _checked_inputs(args):
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.version_policy is not None:
         parse_version_policy(args.version_policy)
+    read_models_config(args.base_dir)  # rewritten by the export: it must parse
     class_names = parse_class_names(args.class_names)
     model = load_keras_model(args.model)
     check_class_names(class_names, num_classes_of(model))

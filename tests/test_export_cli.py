@@ -197,3 +197,23 @@ def test_command_line_modules_do_not_import_tensorflow():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_broken_models_config_before_exporting(model, tmp_path, capsys):
+    """The export rewrites models.config from the one it finds: a file that does not
+    parse is a usage error (2) naming the file, found before the model is loaded."""
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    base = tmp_path / "savedmodels"
+    base.mkdir()
+    config = base / "models.config"
+    config.write_text("garbage {{{\n")
+    code = export.main(["--model", str(path), "--name", "m", "--base-dir", str(base)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"keras-vit export: error: {config} is not a valid models.config")
+    assert 'has no field named "garbage"' in line
+    assert [p.name for p in base.iterdir()] == ["models.config"]
+    assert config.read_text() == "garbage {{{\n"

@@ -158,6 +158,17 @@ def parse_version_policy(spec):
 def read_models_config(base_dir):
     """Parse `base_dir/models.config` (ModelServerConfig text format), or None.
 
+    Every export rewrites this file from the one it finds, so a file that does not
+    parse is reported before anything is written or trained.
+
+    Args:
+        base_dir: the savedmodels folder.
+
+    Raises:
+        ValueError: one line naming the file and the parse error (a file edited by
+            hand into something the model server would refuse too).
+        OSError: the file exists but cannot be read.
+
     Example:
         >>> read_models_config("savedmodels").model_config_list.config[0].name
         'vit'
@@ -168,7 +179,14 @@ def read_models_config(base_dir):
     path = pathlib.Path(base_dir) / MODELS_CONFIG_FILENAME
     if not path.exists():
         return None
-    return text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    try:
+        return text_format.Parse(path.read_text(encoding="utf-8"),
+                                 model_server_config_pb2.ModelServerConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a valid models.config (a ModelServerConfig text proto): {error}; "
+            "fix it, or remove it to have the next export write a new one"
+        ) from None
 
 
 def _policy_for(name, policies, old):
