@@ -50,6 +50,7 @@ from pipelines.serving.model_info import (  # noqa: F401
 )
 from pipelines.serving.op_audit import find_disallowed_ops, saved_model_op_names  # noqa: F401
 from pipelines.serving.repository import (  # noqa: F401
+    check_served_versions,
     list_exported_models,
     list_versions,
     parse_version_policy,
@@ -147,9 +148,10 @@ def _checked_inputs(args):
         raise ValueError(f"--keep must be >= 1, got {args.keep}")
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.version_policy is not None:
-        parse_version_policy(args.version_policy)
-    read_models_config(args.base_dir)  # rewritten by the export: it must parse
+    policy = None if args.version_policy is None else parse_version_policy(args.version_policy)
+    # models.config parses (the export rewrites it) and the policy serves versions
+    # that will exist: checked before anything is loaded or written.
+    check_served_versions(args.base_dir, args.name, policy=policy, keep_versions=args.keep)
     class_names = parse_class_names(args.class_names)
     model = load_keras_model(args.model)
     check_class_names(class_names, num_classes_of(model))

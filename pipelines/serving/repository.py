@@ -201,6 +201,68 @@ def _policy_for(name, policies, old):
     return parse_version_policy(DEFAULT_VERSION_POLICY)
 
 
+def _policy_spec(policy):
+    """`specific:1,2`, `latest:2` or `all`: a parsed policy as the flag spells it."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "specific":
+        return "specific:" + ",".join(str(v) for v in policy.specific.versions)
+    if kind == "latest":
+        return f"latest:{policy.latest.num_versions}"
+    return str(kind)
+
+
+def check_served_versions(base_dir, model_name, *, policy=None, keep_versions=None):
+    """Checks, before an export writes anything, that its version policy serves versions
+    that will exist once it is published (and pruned).
+
+    A `specific` policy (given, or kept from models.config) must not name versions
+    that `keep_versions` would delete; a given one must not name versions that will
+    not exist (the export adds version `max(existing) + 1`). `latest` and `all`
+    always serve what is there. Also parses models.config (`read_models_config`).
+
+    Args:
+        base_dir: the savedmodels folder.
+        model_name: the model being exported.
+        policy: the parsed version policy to set, or None to keep the file's.
+        keep_versions: None, or the number of newest versions to keep.
+
+    Raises:
+        ValueError: one line naming the policy, the versions it serves and the
+            versions the model would have.
+
+    Example:
+        >>> check_served_versions("savedmodels", "vit", policy=parse_version_policy("specific:9"))
+        Traceback (most recent call last):
+        ValueError: --version-policy specific:9 serves version(s) [9] of model vit, which will ...
+    """
+    previous = read_models_config(base_dir)
+    old = {c.name: c for c in previous.model_config_list.config} if previous else {}
+    effective = _policy_for(model_name, {model_name: policy} if policy is not None else {}, old)
+    if effective.WhichOneof("policy_choice") != "specific":
+        return
+    existing = list_versions(pathlib.Path(base_dir) / model_name)
+    after = [*existing, max(existing, default=0) + 1]
+    if keep_versions is not None:
+        after = after[-int(keep_versions):]
+    served = sorted(set(effective.specific.versions))
+    missing = [v for v in served if v not in after]
+    deleted = [v for v in missing if v in existing]
+    spec = _policy_spec(effective)
+    if deleted:
+        served_by = (f"--version-policy {spec}" if policy is not None
+                     else f"its version policy {spec} (kept from models.config)")
+        raise ValueError(
+            f"--keep {keep_versions} would delete version(s) {deleted} of model {model_name}, "
+            f"served by {served_by} (versions now: {existing}; after this export: {after}); "
+            "keep more versions or give another --version-policy"
+        )
+    if missing and policy is not None:
+        raise ValueError(
+            f"--version-policy {spec} serves version(s) {missing} of model {model_name}, "
+            f"which will not exist: after this export it has versions {after}"
+        )
+
+
 def write_models_config(base_dir, *, config_base_path=DEFAULT_CONFIG_BASE_PATH, policies=None):
     """(Re)write `base_dir/models.config` listing every exported model under `base_dir`.
 
