@@ -41,6 +41,7 @@ from pipelines.serving.errors import (  # noqa: F401
 from pipelines.serving.model_file import check_model_file, load_keras_model
 from pipelines.serving.model_info import (  # noqa: F401
     check_class_names,
+    check_distinct_names,
     check_top_k,
     compute_dtype_of,
     image_shape_of,
@@ -85,7 +86,16 @@ EXIT_FAILED = 1
 
 
 def parse_class_names(value):
-    """`a,b,c` or `@file` (one name per line) -> list of names, or None.
+    """`a,b,c` or `@file` (UTF-8, one name per line) -> list of names, or None.
+
+    Args:
+        value: the `--class-names` argument. Names are stripped; blank lines of a
+            file are skipped.
+
+    Raises:
+        ValueError: naming `--class-names` and the value: an empty or repeated
+            name, or a file that is not UTF-8 text.
+        OSError: naming `--class-names` and the file: it cannot be read.
 
     Example:
         >>> parse_class_names("cat, dog")
@@ -94,9 +104,23 @@ def parse_class_names(value):
     if not value:
         return None
     if value.startswith("@"):
-        lines = pathlib.Path(value[1:]).read_text().splitlines()
-        return [line.strip() for line in lines if line.strip()]
-    return [name.strip() for name in value.split(",")]
+        path = value[1:]
+        try:
+            text = pathlib.Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--class-names {value}: {path} is not UTF-8 text with one class "
+                             f"name per line ({error})") from None
+        except OSError as error:
+            raise OSError(f"--class-names {value}: cannot read {path}: "
+                          f"{error.strerror or error}") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = [name.strip() for name in value.split(",")]
+    try:
+        check_distinct_names(names)
+    except ValueError as error:
+        raise ValueError(f"--class-names {value!r}: {error}") from None
+    return names
 
 
 def build_parser():

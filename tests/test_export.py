@@ -506,6 +506,8 @@ def test_invalid_model_names_are_rejected_early(model, tmp_path, name):
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="class names"):
         export.export_model(model, "m", tmp_path, class_names=["a"], verify=False)
+    with pytest.raises(ValueError, match=r"#4 is empty; 'a' is repeated \(#1, #3\)$"):
+        export.export_model(model, "m", tmp_path, class_names=["a", "b", "a", ""], verify=False)
     with pytest.raises(ValueError, match="version policy"):
         export.export_model(model, "m", tmp_path, version_policy="newest", verify=False)
     with pytest.raises(ValueError, match="keep_versions"):
