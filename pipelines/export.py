@@ -178,7 +178,11 @@ def _checked_inputs(args):
     check_served_versions(args.base_dir, args.name, policy=policy, keep_versions=args.keep)
     class_names = parse_class_names(args.class_names)
     model = load_keras_model(args.model)
-    check_class_names(class_names, num_classes_of(model))
+    try:
+        num_classes = num_classes_of(model)
+    except ValueError as error:
+        raise ValueError(f"--model {args.model}: {error}") from None
+    check_class_names(class_names, num_classes)
     return model, class_names
 
 

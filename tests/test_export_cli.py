@@ -260,3 +260,27 @@ def test_cli_rejects_bad_class_names_naming_them(model, tmp_path, capsys, kind):
     (line,) = captured.err.splitlines()
     assert line.startswith(f"keras-vit export: error: {expected}"), line
     assert sorted(tmp_path.rglob("*")) == before and not base.exists()
+
+
+@pytest.mark.slow
+def test_cli_names_a_sequence_model_and_how_it_is_exported(tmp_path, capsys):
+    """A `keras-vit train --task sequence` best.keras: not a classifier; the one line
+    says what it is and which command exports it (with its vocabulary and beam search)."""
+    from keras_vit.models import image_to_sequence
+
+    keras.utils.set_random_seed(3)
+    model = image_to_sequence("Ti/4", (8, 16, 1), 13, max_length=5, decoder_layers=1,
+                              hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
+    path = tmp_path / "best.keras"
+    model.save(path)
+    base = tmp_path / "savedmodels"
+    code = export.main(["--model", str(path), "--name", "strings", "--base-dir", str(base)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"keras-vit export: error: --model {path}: {model.name} is an "
+                           "image-to-sequence model (logits of shape (None, None, 13)")
+    assert "exported with their vocabulary and beam search by `keras-vit train --task " \
+           "sequence`" in line
+    assert "export_sequence_model(" in line
+    assert not base.exists()

@@ -57,11 +57,24 @@ def image_shape_of(model):
 def num_classes_of(model):
     """Return K, the size of the model's logits `(None, K)`.
 
+    Raises:
+        ValueError: other logits; an image-to-sequence model (logits `(None, T, V)`,
+            a token per position) is named as one, with how it is exported.
+
     Example:
         >>> num_classes_of(model)
         10
     """
     shape = tuple(model.output_shape)
+    if len(shape) == 3:
+        raise ValueError(
+            f"{model.name} is an image-to-sequence model (logits of shape {shape}, one token "
+            "per position), not a classifier with logits (None, K); sequence models are "
+            "exported with their vocabulary and beam search by `keras-vit train --task "
+            "sequence` at the end of training (--export-dir), or from Python by "
+            "pipelines.serving.sequence.export_sequence_model(model, "
+            "CharVocabulary.load('<run folder>/vocab.json'), name)"
+        )
     if len(shape) != 2 or shape[1] is None:
         raise ValueError(f"Expected model logits of shape (None, K), got {shape}")
     return int(shape[1])
