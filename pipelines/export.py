@@ -41,6 +41,7 @@ from pipelines.serving.errors import (  # noqa: F401
 from pipelines.serving.model_file import check_model_file, load_keras_model
 from pipelines.serving.model_info import (  # noqa: F401
     check_class_names,
+    check_distinct_names,
     check_top_k,
     compute_dtype_of,
     image_shape_of,
@@ -50,6 +51,7 @@ from pipelines.serving.model_info import (  # noqa: F401
 )
 from pipelines.serving.op_audit import find_disallowed_ops, saved_model_op_names  # noqa: F401
 from pipelines.serving.repository import (  # noqa: F401
+    check_served_versions,
     list_exported_models,
     list_versions,
     parse_version_policy,
@@ -84,7 +86,16 @@ EXIT_FAILED = 1
 
 
 def parse_class_names(value):
-    """`a,b,c` or `@file` (one name per line) -> list of names, or None.
+    """`a,b,c` or `@file` (UTF-8, one name per line) -> list of names, or None.
+
+    Args:
+        value: the `--class-names` argument. Names are stripped; blank lines of a
+            file are skipped.
+
+    Raises:
+        ValueError: naming `--class-names` and the value: an empty or repeated
+            name, or a file that is not UTF-8 text.
+        OSError: naming `--class-names` and the file: it cannot be read.
 
     Example:
         >>> parse_class_names("cat, dog")
@@ -93,9 +104,23 @@ def parse_class_names(value):
     if not value:
         return None
     if value.startswith("@"):
-        lines = pathlib.Path(value[1:]).read_text().splitlines()
-        return [line.strip() for line in lines if line.strip()]
-    return [name.strip() for name in value.split(",")]
+        path = value[1:]
+        try:
+            text = pathlib.Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--class-names {value}: {path} is not UTF-8 text with one class "
+                             f"name per line ({error})") from None
+        except OSError as error:
+            raise OSError(f"--class-names {value}: cannot read {path}: "
+                          f"{error.strerror or error}") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = [name.strip() for name in value.split(",")]
+    try:
+        check_distinct_names(names)
+    except ValueError as error:
+        raise ValueError(f"--class-names {value!r}: {error}") from None
+    return names
 
 
 def build_parser():
@@ -147,11 +172,17 @@ def _checked_inputs(args):
         raise ValueError(f"--keep must be >= 1, got {args.keep}")
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.version_policy is not None:
-        parse_version_policy(args.version_policy)
+    policy = None if args.version_policy is None else parse_version_policy(args.version_policy)
+    # models.config parses (the export rewrites it) and the policy serves versions
+    # that will exist: checked before anything is loaded or written.
+    check_served_versions(args.base_dir, args.name, policy=policy, keep_versions=args.keep)
     class_names = parse_class_names(args.class_names)
     model = load_keras_model(args.model)
-    check_class_names(class_names, num_classes_of(model))
+    try:
+        num_classes = num_classes_of(model)
+    except ValueError as error:
+        raise ValueError(f"--model {args.model}: {error}") from None
+    check_class_names(class_names, num_classes)
     return model, class_names
 
 

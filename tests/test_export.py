@@ -422,6 +422,24 @@ def test_versions_increment_prune_and_config(model, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_specific_policy_never_loses_its_versions(model, tmp_path):
+    """From Python too: refused before anything is written (`check_served_versions`)."""
+    base = tmp_path / "savedmodels"
+    export.export_model(model, "a", base, verify=False, verbose=False,
+                        version_policy="specific:1")
+    before = listing(base)
+    with pytest.raises(ValueError, match=r"^--keep 1 would delete version\(s\) \[1\] of model "
+                                         r"a, served by its version policy specific:1 \(kept "):
+        export.export_model(model, "a", base, verify=False, verbose=False, keep_versions=1)
+    with pytest.raises(ValueError, match=r"^--version-policy specific:1,3 serves version\(s\) "
+                                         r"\[3\] of model a, which will not exist: after this "
+                                         r"export it has versions \[1, 2\]$"):
+        export.export_model(model, "a", base, verify=False, verbose=False,
+                            version_policy="specific:1,3")
+    assert listing(base) == before
+
+
+@pytest.mark.slow
 def test_absolute_base_paths(model, tmp_path):
     export.export_model(model, "abs", tmp_path, verify=False, verbose=False, config_base_path=None)
     (entry,) = export.read_models_config(tmp_path).model_config_list.config
@@ -488,6 +506,8 @@ def test_invalid_model_names_are_rejected_early(model, tmp_path, name):
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="class names"):
         export.export_model(model, "m", tmp_path, class_names=["a"], verify=False)
+    with pytest.raises(ValueError, match=r"#4 is empty; 'a' is repeated \(#1, #3\)$"):
+        export.export_model(model, "m", tmp_path, class_names=["a", "b", "a", ""], verify=False)
     with pytest.raises(ValueError, match="version policy"):
         export.export_model(model, "m", tmp_path, version_policy="newest", verify=False)
     with pytest.raises(ValueError, match="keep_versions"):

@@ -24,6 +24,7 @@ from test_export import (
 )
 
 from pipelines import export
+from pipelines.serving.samples import encode_png
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,89 @@ def test_command_line_modules_do_not_import_tensorflow():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_broken_models_config_before_exporting(model, tmp_path, capsys):
+    """The export rewrites models.config from the one it finds: a file that does not
+    parse is a usage error (2) naming the file, found before the model is loaded."""
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    base = tmp_path / "savedmodels"
+    base.mkdir()
+    config = base / "models.config"
+    config.write_text("garbage {{{\n")
+    code = export.main(["--model", str(path), "--name", "m", "--base-dir", str(base)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"keras-vit export: error: {config} is not a valid models.config")
+    assert 'has no field named "garbage"' in line
+    assert [p.name for p in base.iterdir()] == ["models.config"]
+    assert config.read_text() == "garbage {{{\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["empty", "blank", "duplicates", "file-duplicates",
+                                  "not-utf8", "no-file"])
+def test_cli_rejects_bad_class_names_naming_them(model, tmp_path, capsys, kind):
+    """Empty, repeated or unreadable --class-names: exit 2, one line naming the flag,
+    the value and the bad entries or file, nothing written."""
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    names_file = tmp_path / "labels.txt"
+    if kind == "file-duplicates":
+        names_file.write_text("cat\n\ndog\ncat\nbird\n")
+    elif kind == "not-utf8":
+        names_file = tmp_path / "labels.png"
+        names_file.write_bytes(encode_png(np.zeros((1, 4, 4, 3), np.uint8))[0])
+    value = {"empty": "cat,,dog,bird", "blank": "cat, ,dog,bird,", "duplicates": "cat,cat,dog",
+             "file-duplicates": f"@{names_file}", "not-utf8": f"@{names_file}",
+             "no-file": f"@{tmp_path / 'missing.txt'}"}[kind]
+    expected = {
+        "empty": "--class-names 'cat,,dog,bird': class names must be non-empty and distinct: "
+                 "#2 is empty",
+        "blank": "--class-names 'cat, ,dog,bird,': class names must be non-empty and distinct: "
+                 "#2 is empty; #5 is empty",
+        "duplicates": "--class-names 'cat,cat,dog': class names must be non-empty and distinct: "
+                      "'cat' is repeated (#1, #2)",
+        "file-duplicates": f"--class-names '@{names_file}': class names must be non-empty and "
+                           "distinct: 'cat' is repeated (#1, #3)",
+        "not-utf8": f"--class-names @{names_file}: {names_file} is not UTF-8 text with one class "
+                    "name per line ('utf-8' codec can't decode byte 0x89 in position 0",
+        "no-file": f"--class-names @{tmp_path / 'missing.txt'}: cannot read "
+                   f"{tmp_path / 'missing.txt'}: No such file or directory",
+    }[kind]
+    before = sorted(tmp_path.rglob("*"))
+    base = tmp_path / "savedmodels"
+    code = export.main(["--model", str(path), "--name", "m", "--base-dir", str(base),
+                        "--class-names", value])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"keras-vit export: error: {expected}"), line
+    assert sorted(tmp_path.rglob("*")) == before and not base.exists()
+
+
+@pytest.mark.slow
+def test_cli_names_a_sequence_model_and_how_it_is_exported(tmp_path, capsys):
+    """A `keras-vit train --task sequence` best.keras: not a classifier; the one line
+    says what it is and which command exports it (with its vocabulary and beam search)."""
+    from keras_vit.models import image_to_sequence
+
+    keras.utils.set_random_seed(3)
+    model = image_to_sequence("Ti/4", (8, 16, 1), 13, max_length=5, decoder_layers=1,
+                              hidden_dim=16, depth=1, num_heads=2, mlp_dim=32)
+    path = tmp_path / "best.keras"
+    model.save(path)
+    base = tmp_path / "savedmodels"
+    code = export.main(["--model", str(path), "--name", "strings", "--base-dir", str(base)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"keras-vit export: error: --model {path}: {model.name} is an "
+                           "image-to-sequence model (logits of shape (None, None, 13)")
+    assert "exported with their vocabulary and beam search by `keras-vit train --task " \
+           "sequence`" in line
+    assert "export_sequence_model(" in line
+    assert not base.exists()

@@ -281,13 +281,13 @@ def test_cli_config_base_path_and_version_policy_in_models_config(keras_file, tm
     # a's policy is kept; --absolute-base-paths wins over --config-base-path.
     code, _, err = run_cli([*common, "--name", "b", "--absolute-base-paths",
                             "--config-base-path", "/ignored", "--version-policy",
-                            "specific:1,2"])
+                            "specific:1"])
     assert code == 0, err
     entries = config_entries(base)
     assert sorted(entries) == ["a", "b"]
     assert entries["a"].base_path == str((base / "a").resolve())
     assert entries["b"].base_path == str((base / "b").resolve())
-    assert list(entries["b"].model_version_policy.specific.versions) == [1, 2]
+    assert list(entries["b"].model_version_policy.specific.versions) == [1]
     assert entries["a"].model_version_policy.latest.num_versions == 2
     assert "/ignored" not in (base / "models.config").read_text()
 
@@ -296,7 +296,7 @@ def test_cli_config_base_path_and_version_policy_in_models_config(keras_file, tm
     assert (code, out) == (0, f"{base / 'b' / '2'}\n"), err
     entries = config_entries(base)
     assert [entries[n].base_path for n in ("a", "b")] == ["/models/a", "/models/b"]
-    assert list(entries["b"].model_version_policy.specific.versions) == [1, 2]
+    assert list(entries["b"].model_version_policy.specific.versions) == [1]
     code, _, err = run_cli([*common, "--name", "b", "--version-policy", "all"])
     assert code == 0, err
     assert config_entries(base)["b"].model_version_policy.HasField("all")
@@ -308,6 +308,49 @@ def test_cli_config_base_path_and_version_policy_in_models_config(keras_file, tm
     assert (code, out) == (2, "")
     assert err.startswith("keras-vit export: error: Invalid version policy 'newest:2'")
     assert tree(base) == before
+
+
+def test_keep_and_version_policy_never_serve_versions_that_are_gone(keras_file, tmp_path):
+    """--keep must not delete what a `specific` policy serves (given or kept from
+    models.config), and a given one must name versions that will exist: usage
+    errors (2) naming the versions, before anything is written."""
+    _, path = keras_file
+    base = tmp_path / "savedmodels"
+    common = ["export", "--model", str(path), "--base-dir", str(base), "--name", "b",
+              "--no-verify", "--quiet"]
+    for _ in range(2):
+        assert run_cli(common)[0] == 0
+
+    def refused(*argv):
+        before = tree(base)
+        code, out, err = run_cli([*common, *argv])
+        assert (code, out) == (2, ""), err
+        assert tree(base) == before
+        (line,) = err.splitlines()
+        return line.removeprefix("keras-vit export: error: ")
+
+    assert refused("--keep", "1", "--version-policy", "specific:1,2") == (
+        "--keep 1 would delete version(s) [1, 2] of model b, served by --version-policy "
+        "specific:1,2 (versions now: [1, 2]; after this export: [3]); keep more versions or "
+        "give another --version-policy")
+    assert refused("--version-policy", "specific:99") == (
+        "--version-policy specific:99 serves version(s) [99] of model b, which will not "
+        "exist: after this export it has versions [1, 2, 3]")
+    assert refused("--keep", "2", "--version-policy", "specific:1,3").startswith(
+        "--keep 2 would delete version(s) [1] of model b")
+
+    # Pinned from an earlier export: a plain --keep may not delete the pinned versions.
+    code, out, err = run_cli([*common, "--version-policy", "specific:1,2"])
+    assert (code, out) == (0, f"{base / 'b' / '3'}\n"), err
+    assert refused("--keep", "1") == (
+        "--keep 1 would delete version(s) [1, 2] of model b, served by its version policy "
+        "specific:1,2 (kept from models.config) (versions now: [1, 2, 3]; after this export: "
+        "[4]); keep more versions or give another --version-policy")
+    # A policy that serves what remains is accepted: the new version, pruned to it.
+    code, _, err = run_cli([*common, "--keep", "2", "--version-policy", "specific:4"])
+    assert code == 0, err
+    assert export.list_versions(base / "b") == [3, 4]
+    assert list(config_entries(base)["b"].model_version_policy.specific.versions) == [4]
 
 
 def test_export_failure_exits_1_from_the_command_line(keras_file, tmp_path):

@@ -1,6 +1,7 @@
 """Start-up checks of the training job (pipelines/training/preflight.py)."""
 
 import collections
+import dataclasses
 import shutil
 
 import pytest
@@ -42,3 +43,23 @@ def test_enough_space_passes_and_the_export_disk_is_checked_too(tmp_path, monkey
     monkeypatch.setattr(shutil, "disk_usage", _disk_with_free(preflight.MIN_FREE_BYTES - 1, []))
     with pytest.raises(ValueError, match="--output-dir"):
         preflight.check_outputs(config)
+
+
+def test_a_broken_models_config_in_the_export_dir_is_refused_before_training(tmp_path):
+    """The export at the end of the run rewrites models.config from the one it finds."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "models.config").write_text("garbage {{{\n")
+    config = TrainConfig(output_dir=str(tmp_path / "run"), export_dir=str(models)).resolved()
+    with pytest.raises(ValueError) as caught:
+        preflight.check_outputs(config)
+    message = str(caught.value)
+    assert message.startswith(f"--export-dir {models}: {models / 'models.config'} is not a "
+                              "valid models.config")
+    assert 'has no field named "garbage"' in message and "\n" not in message
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["models", "models.config"]
+    assert (models / "models.config").read_text() == "garbage {{{\n"
+    # Not checked when the run does not export; a valid file passes.
+    preflight.check_outputs(dataclasses.replace(config, export=False))
+    (models / "models.config").write_text("model_config_list {}\n")
+    preflight.check_outputs(config)

@@ -509,6 +509,24 @@ def test_unusable_outputs_fail_at_start_up(cli_run, tmp_path, digits_data_dir, c
     assert blocker.read_text() == "not a folder"
 
 
+def test_a_broken_models_config_fails_at_start_up_not_after_training(tmp_path):
+    """`--export-dir` holding a models.config that does not parse: refused before any
+    data is read (the dataset is bogus), nothing written, the file untouched."""
+    models = tmp_path / "savedmodels"
+    models.mkdir()
+    (models / "models.config").write_text("garbage {{{\n")
+    code, out, err = run_main(tiny_flags() + [
+        "--epochs", "1", "--dataset", "not_a_dataset", "--data-dir", str(tmp_path / "tfds"),
+        "--output-dir", str(tmp_path / "run"), "--export-dir", str(models)])
+    assert code == 2
+    line = one_error_line(err)
+    assert line.startswith(f"keras-vit train: error: --export-dir {models}: "
+                           f"{models / 'models.config'} is not a valid models.config")
+    assert 'has no field named "garbage"' in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["models.config", "savedmodels"]
+    assert (models / "models.config").read_text() == "garbage {{{\n"
+
+
 def test_debug_adds_the_traceback(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -57,11 +57,24 @@ def image_shape_of(model):
 def num_classes_of(model):
     """Return K, the size of the model's logits `(None, K)`.
 
+    Raises:
+        ValueError: other logits; an image-to-sequence model (logits `(None, T, V)`,
+            a token per position) is named as one, with how it is exported.
+
     Example:
         >>> num_classes_of(model)
         10
     """
     shape = tuple(model.output_shape)
+    if len(shape) == 3:
+        raise ValueError(
+            f"{model.name} is an image-to-sequence model (logits of shape {shape}, one token "
+            "per position), not a classifier with logits (None, K); sequence models are "
+            "exported with their vocabulary and beam search by `keras-vit train --task "
+            "sequence` at the end of training (--export-dir), or from Python by "
+            "pipelines.serving.sequence.export_sequence_model(model, "
+            "CharVocabulary.load('<run folder>/vocab.json'), name)"
+        )
     if len(shape) != 2 or shape[1] is None:
         raise ValueError(f"Expected model logits of shape (None, K), got {shape}")
     return int(shape[1])
@@ -116,8 +129,32 @@ def tolerance_for(model):
     return FLOAT32_ATOL if compute_dtype_of(model) == "float32" else MIXED_PRECISION_ATOL
 
 
+def check_distinct_names(names):
+    """Raise ValueError naming the empty and the repeated class names in `names`.
+
+    A label is what a client reads back in `top_k_labels`: an empty one or two
+    classes with the same name cannot be told apart.
+
+    Args:
+        names: list of str.
+
+    Example:
+        >>> check_distinct_names(["cat", "", "cat"])
+        Traceback (most recent call last):
+        ValueError: class names must be non-empty and distinct: #2 is empty; 'cat' is repeated (#1, #3)
+    """
+    problems = [f"#{i} is empty" for i, name in enumerate(names, 1) if not name.strip()]
+    for name in dict.fromkeys(name for name in names if name.strip()):
+        where = [i for i, other in enumerate(names, 1) if other == name]
+        if len(where) > 1:
+            problems.append(f"{name!r} is repeated ({', '.join(f'#{i}' for i in where)})")
+    if problems:
+        raise ValueError("class names must be non-empty and distinct: " + "; ".join(problems))
+
+
 def check_class_names(class_names, num_classes):
-    """Return the class names as strings, or None; raise ValueError unless K of them.
+    """Return the class names as strings, or None; raise ValueError unless K distinct,
+    non-empty ones.
 
     Example:
         >>> check_class_names(["cat", "dog"], 2)
@@ -126,6 +163,7 @@ def check_class_names(class_names, num_classes):
     if class_names is None:
         return None
     names = [str(name) for name in class_names]
+    check_distinct_names(names)
     if len(names) != num_classes:
         raise ValueError(f"Got {len(names)} class names for a model with {num_classes} classes")
     return names

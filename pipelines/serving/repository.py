@@ -158,6 +158,17 @@ def parse_version_policy(spec):
 def read_models_config(base_dir):
     """Parse `base_dir/models.config` (ModelServerConfig text format), or None.
 
+    Every export rewrites this file from the one it finds, so a file that does not
+    parse is reported before anything is written or trained.
+
+    Args:
+        base_dir: the savedmodels folder.
+
+    Raises:
+        ValueError: one line naming the file and the parse error (a file edited by
+            hand into something the model server would refuse too).
+        OSError: the file exists but cannot be read.
+
     Example:
         >>> read_models_config("savedmodels").model_config_list.config[0].name
         'vit'
@@ -168,7 +179,14 @@ def read_models_config(base_dir):
     path = pathlib.Path(base_dir) / MODELS_CONFIG_FILENAME
     if not path.exists():
         return None
-    return text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    try:
+        return text_format.Parse(path.read_text(encoding="utf-8"),
+                                 model_server_config_pb2.ModelServerConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a valid models.config (a ModelServerConfig text proto): {error}; "
+            "fix it, or remove it to have the next export write a new one"
+        ) from None
 
 
 def _policy_for(name, policies, old):
@@ -181,6 +199,68 @@ def _policy_for(name, policies, old):
     if name in old and old[name].HasField("model_version_policy"):
         return old[name].model_version_policy
     return parse_version_policy(DEFAULT_VERSION_POLICY)
+
+
+def _policy_spec(policy):
+    """`specific:1,2`, `latest:2` or `all`: a parsed policy as the flag spells it."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "specific":
+        return "specific:" + ",".join(str(v) for v in policy.specific.versions)
+    if kind == "latest":
+        return f"latest:{policy.latest.num_versions}"
+    return str(kind)
+
+
+def check_served_versions(base_dir, model_name, *, policy=None, keep_versions=None):
+    """Checks, before an export writes anything, that its version policy serves versions
+    that will exist once it is published (and pruned).
+
+    A `specific` policy (given, or kept from models.config) must not name versions
+    that `keep_versions` would delete; a given one must not name versions that will
+    not exist (the export adds version `max(existing) + 1`). `latest` and `all`
+    always serve what is there. Also parses models.config (`read_models_config`).
+
+    Args:
+        base_dir: the savedmodels folder.
+        model_name: the model being exported.
+        policy: the parsed version policy to set, or None to keep the file's.
+        keep_versions: None, or the number of newest versions to keep.
+
+    Raises:
+        ValueError: one line naming the policy, the versions it serves and the
+            versions the model would have.
+
+    Example:
+        >>> check_served_versions("savedmodels", "vit", policy=parse_version_policy("specific:9"))
+        Traceback (most recent call last):
+        ValueError: --version-policy specific:9 serves version(s) [9] of model vit, which will ...
+    """
+    previous = read_models_config(base_dir)
+    old = {c.name: c for c in previous.model_config_list.config} if previous else {}
+    effective = _policy_for(model_name, {model_name: policy} if policy is not None else {}, old)
+    if effective.WhichOneof("policy_choice") != "specific":
+        return
+    existing = list_versions(pathlib.Path(base_dir) / model_name)
+    after = [*existing, max(existing, default=0) + 1]
+    if keep_versions is not None:
+        after = after[-int(keep_versions):]
+    served = sorted(set(effective.specific.versions))
+    missing = [v for v in served if v not in after]
+    deleted = [v for v in missing if v in existing]
+    spec = _policy_spec(effective)
+    if deleted:
+        served_by = (f"--version-policy {spec}" if policy is not None
+                     else f"its version policy {spec} (kept from models.config)")
+        raise ValueError(
+            f"--keep {keep_versions} would delete version(s) {deleted} of model {model_name}, "
+            f"served by {served_by} (versions now: {existing}; after this export: {after}); "
+            "keep more versions or give another --version-policy"
+        )
+    if missing and policy is not None:
+        raise ValueError(
+            f"--version-policy {spec} serves version(s) {missing} of model {model_name}, "
+            f"which will not exist: after this export it has versions {after}"
+        )
 
 
 def write_models_config(base_dir, *, config_base_path=DEFAULT_CONFIG_BASE_PATH, policies=None):

@@ -29,6 +29,7 @@ from pipelines.serving.model_info import (
 )
 from pipelines.serving.op_audit import find_disallowed_ops
 from pipelines.serving.repository import (
+    check_served_versions,
     new_temp_dir,
     parse_version_policy,
     prune_versions,
@@ -138,12 +139,18 @@ def publish_version(write_and_check, model_name, base_dir, *, keep_versions=None
     Returns:
         `pathlib.Path` of the new version folder.
 
+    Raises:
+        ValueError: before anything is written, when models.config does not parse
+            or the version policy would serve versions that will not exist
+            (`check_served_versions`).
+
     Example:
         >>> publish_version(lambda tmp: write_saved_model(model, tmp), "vit", "savedmodels")
         PosixPath('savedmodels/vit/1')
     """
     base_dir = pathlib.Path(base_dir)
     model_dir = base_dir / model_name
+    check_served_versions(base_dir, model_name, policy=policy, keep_versions=keep_versions)
     # Folders this export creates (deepest first), removed again if it fails.
     created_dirs = [path for path in (model_dir, *model_dir.parents) if not path.exists()]
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -92,3 +92,28 @@ def check_outputs(config):
             raise ValueError(f"--model-name: {error}") from None
         check_writable(config.export_dir, "--export-dir")
         check_free_space(config.export_dir, "--export-dir")
+        check_models_config(config.export_dir, "--export-dir")
+
+
+def check_models_config(path, flag):
+    """Fails when `path/models.config` exists but does not parse.
+
+    The export at the end of the run rewrites that file from the one it finds: a
+    broken one would fail the run after all its training.
+
+    Args:
+        path: str. The export folder.
+        flag: str. The option that gave it, for the message.
+
+    Raises:
+        ValueError: one line naming the flag, the file and the parse error.
+
+    Example:
+    >>> check_models_config("savedmodels", "--export-dir")
+    """
+    from pipelines.serving.repository import read_models_config
+
+    try:
+        read_models_config(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{flag} {path}: {error}") from None
