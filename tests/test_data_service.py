@@ -1,6 +1,7 @@
 """tf.data service: address checks, and `keras-vit data-service dispatcher|worker`
 on loopback serving a dataset and a training run."""
 
+import contextlib
 import json
 import os
 import socket
@@ -66,24 +67,37 @@ def wait_for_line(process, text, timeout=120):
     pytest.fail(f"no {text!r} from the service: {''.join(lines)[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    """A dispatcher (with a journal folder) and one worker on loopback."""
+def start_dispatcher(port, journal):
+    """`keras-vit data-service dispatcher` on `port` with its journal, once it listens."""
+    dispatcher = start("data-service", "dispatcher", "--port", port, "--work-dir", journal)
+    wait_for_line(dispatcher, f"dispatcher at grpc://localhost:{port}")
+    return dispatcher
+
+
+@contextlib.contextmanager
+def running_service(journal):
+    """A dispatcher (journal in `journal`) and one worker on loopback; yields the
+    process list (dispatcher first: a test may replace it) and the port."""
     port = free_port()
-    dispatcher = start("data-service", "dispatcher", "--port", port,
-                       "--work-dir", tmp_path_factory.mktemp("journal"))
-    processes = [dispatcher]
+    processes = []
     try:
-        wait_for_line(dispatcher, f"dispatcher at grpc://localhost:{port}")
+        processes.append(start_dispatcher(port, journal))
         worker = start("data-service", "worker", "--dispatcher", f"localhost:{port}",
                        "--port", 0, "--worker-address", "localhost:%port%")
         processes.append(worker)
         wait_for_line(worker, "tf.data service worker at localhost:")
-        yield f"grpc://localhost:{port}"
+        yield processes, port
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """A dispatcher (with a journal folder) and one worker on loopback."""
+    with running_service(tmp_path_factory.mktemp("journal")) as (_, port):
+        yield f"grpc://localhost:{port}"
 
 
 @pytest.mark.slow
@@ -129,27 +143,14 @@ def test_dispatcher_with_a_work_dir_survives_a_restart_mid_iteration(tmp_path):
     iteration begun before the restart finishes with every element once."""
     import tensorflow as tf
 
-    port, journal = free_port(), tmp_path / "journal"
-    dispatcher = start("data-service", "dispatcher", "--port", port, "--work-dir", journal)
-    processes = [dispatcher]
-    try:
-        wait_for_line(dispatcher, f"dispatcher at grpc://localhost:{port}")
-        worker = start("data-service", "worker", "--dispatcher", f"localhost:{port}",
-                       "--port", 0, "--worker-address", "localhost:%port%")
-        processes.append(worker)
-        wait_for_line(worker, "tf.data service worker at localhost:")
-        local = tf.data.Dataset.range(40).batch(4)
+    journal = tmp_path / "journal"
+    local = tf.data.Dataset.range(40).batch(4)
+    with running_service(journal) as (processes, port):
         iterator = iter(distribute_through_service(local, f"grpc://localhost:{port}"))
         seen = [next(iterator).numpy().tolist() for _ in range(3)]
         assert any(journal.rglob("*")), "the dispatcher wrote no journal"
-        dispatcher.terminate()
-        assert dispatcher.wait(timeout=30) == 0
-        dispatcher = start("data-service", "dispatcher", "--port", port, "--work-dir", journal)
-        processes[0] = dispatcher
-        wait_for_line(dispatcher, f"dispatcher at grpc://localhost:{port}")
+        processes[0].terminate()
+        assert processes[0].wait(timeout=30) == 0
+        processes[0] = start_dispatcher(port, journal)
         seen += [batch.numpy().tolist() for batch in iterator]
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
     assert seen == [batch.numpy().tolist() for batch in local]
