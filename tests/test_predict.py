@@ -387,6 +387,19 @@ def socket_closed_port():
     return closed()
 
 
+@pytest.mark.parametrize("kind, reason", [("missing", "No such file or directory"),
+                                          ("folder", "Is a directory")])
+def test_unreadable_image_path_is_named_before_sending(tmp_path, image_files, capsys, kind,
+                                                       reason):
+    path = tmp_path / "scans"
+    if kind == "folder":
+        path.mkdir()
+    server = ["--server", "http://127.0.0.1:1", "--model-name", "x"]
+    code, _, err = run_cli(capsys, image_files[0], str(path), *server)
+    assert code == 1
+    assert f"{path}: cannot read it as an image file ({reason})" in err
+
+
 def test_non_image_file_is_refused_before_sending(tmp_path, image_files, capsys):
     notes = tmp_path / "notes.png"
     notes.write_text("definitely not a PNG")

@@ -54,7 +54,11 @@ def read_images(paths):
     """
     images = []
     for path in paths:
-        data = pathlib.Path(path).read_bytes()
+        try:
+            data = pathlib.Path(path).read_bytes()
+        except OSError as error:  # missing, a folder, unreadable: name the file and why
+            raise PredictError(f"{path}: cannot read it as an image file "
+                               f"({error.strerror or error})") from None
         if image_format(data) is None:
             raise PredictError(f"{path} is not a JPEG, PNG, GIF, BMP or WebP file")
         images.append(data)
