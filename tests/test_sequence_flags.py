@@ -485,6 +485,8 @@ def test_debug_adds_the_traceback_to_the_error(tmp_path):
     (["--length-penalty", "nan"], "--length-penalty must be a finite number >= 0; received nan"),
     (["--learning-rate", "inf"], "--learning-rate must be a finite number > 0; received inf"),
     (["--tta-shift", "-1"], "--tta-shift must be an integer >= 0; received -1"),
+    (["--tta-shift", "8"], "--tta-shift 8: views of 16x64 images shifted that far are mostly "
+                           "blank; expected at most 7"),
     (["--max-length", "5"], "--train-strings fresh composes strings of up to 5 digits"),
     (["--dropout", "1.5"], "--dropout must be a number in [0, 1); received 1.5"),
     (["--label-smoothing", "1"], "--label-smoothing"),

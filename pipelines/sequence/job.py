@@ -24,6 +24,7 @@ from pipelines.sequence.fit import (
     plan_sequence_run,
     prepare_sequence_run,
 )
+from pipelines.training.config import check_tta_shift
 from pipelines.training.job import Phases
 from pipelines.training.preflight import check_outputs
 from pipelines.training.run_folder import BEST_WEIGHTS, HISTORY_CSV, METRICS
@@ -74,6 +75,7 @@ def train_sequence(config, log=print):
     keras.config.set_dtype_policy(policy)
     try:
         build_sequence_model(config, info)  # a bad architecture fails before the run folder
+        check_tta_shift(config.tta_shift, info.image_shape)
         log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
             f"{info.num_test} test images of shape {info.image_shape}; vocabulary "
             f"{''.join(info.vocab.characters)!r} ({info.vocab.size} tokens)")
