@@ -24,6 +24,7 @@ Example:
 
 import dataclasses
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -57,7 +58,10 @@ class SmoothedCrossentropy(keras.losses.Loss):
     pipelines of int labels work unchanged.
 
     Args:
-        num_classes: int. Classes of the logits.
+        num_classes: int >= 2. Classes of the logits. Int labels must lie in
+            `[0, num_classes)`: graph code cannot raise on a value, and an
+            out-of-range label one-hots to zeros (a smaller, wrong loss); the
+            training jobs' input pipelines only produce valid labels.
         label_smoothing: float in [0, 1).
         name: str. Loss name.
 
@@ -69,6 +73,12 @@ class SmoothedCrossentropy(keras.losses.Loss):
     def __init__(self, num_classes, label_smoothing=0.0, name="smoothed_crossentropy",
                  **kwargs):
         super().__init__(name=name, **kwargs)
+        if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+                or num_classes < 2):
+            raise ValueError(f"`num_classes` must be an integer >= 2; received {num_classes!r}")
+        if not _is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be a number in [0, 1); "
+                             f"received {label_smoothing!r}")
         self.num_classes = int(num_classes)
         self.label_smoothing = float(label_smoothing)
 
@@ -132,6 +142,9 @@ def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
     >>> steps_per_epoch(1149, 128), steps_per_epoch(1149, 128, drop_remainder=True)
     (9, 8)
     """
+    for name, value in (("num_examples", num_examples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"`{name}` must be a positive integer; received {value!r}")
     if drop_remainder:
         return max(num_examples // batch_size, 1)
     return math.ceil(num_examples / batch_size)
@@ -199,6 +212,14 @@ def warmup_cosine_schedule(learning_rate, total_steps, warmup_fraction=DEFAULT_W
     >>> float(schedule(100))  # the peak, at the end of the warm-up
     0.001
     """
+    if not _is_number(warmup_fraction) or not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"`warmup_fraction` must be a number in [0, 1); "
+                         f"received {warmup_fraction!r}")
+    if total_steps is not None and (isinstance(total_steps, bool)
+                                    or not isinstance(total_steps, numbers.Integral)
+                                    or total_steps < 0):
+        raise ValueError(f"`total_steps` must be None or an integer >= 0; "
+                         f"received {total_steps!r}")
     if not total_steps:
         return float(learning_rate)
     warmup_steps = int(warmup_fraction * total_steps)

@@ -298,10 +298,14 @@ def test_patch_size_argument_beats_the_variants():
     (dict(variant="Ti/4", image_shape=(8, 8, 3), mlp_activation="relu"),
      ["mlp_activation", "relu"]),
     (dict(variant="Ti/4", image_shape=(8, 8, 3), layer_norm_epsilon=0), ["layer_norm_epsilon"]),
+    (dict(variant="Ti/4", image_shape=(8.5, 8, 1)), ["image_shape", "(8.5, 8, 1)"]),
+    (dict(variant="Ti/4", image_shape=(None, None, 1)), ["image_shape", "(None, None, 1)"]),
+    (dict(variant="Ti/4", image_shape=(8, 8, 1), mean=[0.5, 0.5, 0.5]),
+     ["`mean` needs 1 value (one per channel of the 1-channel images)"]),
 ], ids=["unknown_variant", "patch_not_dividing", "heads_not_dividing", "pooling_max",
         "position_rope", "dropout_1.5", "image_shape_2d", "num_classes_0", "no_patch_size",
         "patch_size_0", "token_without_class_token", "distilled_gap", "activation_relu",
-        "epsilon_0"])
+        "epsilon_0", "image_shape_float", "image_shape_none", "mean_3_for_1_channel"])
 def test_bad_arguments_raise_value_error_naming_the_value(kwargs, needles):
     with pytest.raises(ValueError) as info:
         vision_transformer(**{"num_classes": 10, **kwargs})
@@ -494,3 +498,10 @@ def test_training_learns_a_task_that_needs_attention():
     assert accuracy_after >= 0.9
     for before, variable in zip(before_weights, model.weights):
         assert not np.allclose(before, keras.ops.convert_to_numpy(variable)), variable.path
+
+
+def test_features_only_model_needs_no_num_classes():
+    model = vision_transformer("Ti/4", image_shape=(np.int64(8), 8, 1), num_classes=None,
+                               include_top=False, hidden_dim=16, depth=1, num_heads=2,
+                               mlp_dim=32)
+    assert model.input_shape == (None, 8, 8, 1) and model.output_shape == (None, 16)

@@ -80,6 +80,22 @@ def test_steps_per_epoch_counts_batches_like_tf_data():
     assert steps_per_epoch(256, 128) == steps_per_epoch(256, 128, drop_remainder=True) == 2
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda: steps_per_epoch(0, 128), "`num_examples` must be a positive integer; received 0"),
+    (lambda: steps_per_epoch(10, 0), "`batch_size` must be a positive integer; received 0"),
+    (lambda: warmup_cosine_schedule(1e-3, 100, warmup_fraction=1.0),
+     "`warmup_fraction` must be a number in [0, 1); received 1.0"),
+    (lambda: warmup_cosine_schedule(1e-3, -5), "`total_steps` must be None or an integer >= 0"),
+    (lambda: SmoothedCrossentropy(0), "`num_classes` must be an integer >= 2; received 0"),
+    (lambda: SmoothedCrossentropy(10, label_smoothing=1.5),
+     "`label_smoothing` must be a number in [0, 1); received 1.5"),
+])
+def test_recipe_helpers_reject_bad_arguments(call, message):
+    with pytest.raises(ValueError) as error:
+        call()
+    assert message in str(error.value)
+
+
 def test_smoothed_crossentropy_matches_numpy():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(5, 4)).astype("float32")

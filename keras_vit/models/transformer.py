@@ -126,13 +126,18 @@ def _decoder(decoder_tokens, memory, memory_mask, config):
 
 
 def _decoder_config(vocab_size, num_layers, hidden_dim, num_heads, mlp_dim, max_length,
-                    dropout, attention_dropout, tie_embeddings, norm_first, activation):
+                    dropout, attention_dropout, tie_embeddings, norm_first, activation,
+                    argument_names=None):
+    """The decoder's settings, checked; `argument_names` maps them to the caller's
+    argument names for the messages (e.g. `num_layers` -> `decoder_layers`)."""
     config = dict(vocab_size=vocab_size, num_layers=num_layers, hidden_dim=hidden_dim,
                   num_heads=num_heads, mlp_dim=mlp_dim, max_length=max_length)
+    names = {key: key for key in config} | dict(argument_names or {})
     for key, value in config.items():
-        check_positive_int(key, value)
+        check_positive_int(names[key], value)
     if hidden_dim % num_heads:
-        raise ValueError(f"hidden_dim={hidden_dim} is not divisible by num_heads={num_heads}")
+        raise ValueError(f"{names['hidden_dim']}={hidden_dim} is not divisible by "
+                         f"{names['num_heads']}={num_heads}")
     config.update(dropout=check_rate("dropout", dropout),
                   attention_dropout=check_rate("attention_dropout", attention_dropout),
                   tie_embeddings=bool(tie_embeddings), norm_first=bool(norm_first),
@@ -184,7 +189,7 @@ def transformer(source_vocab_size, target_vocab_size, *, num_layers, hidden_dim,
     """
     config = _decoder_config(target_vocab_size, num_layers, hidden_dim, num_heads, mlp_dim,
                              max_length, dropout, attention_dropout, tie_embeddings, norm_first,
-                             activation)
+                             activation, argument_names={"vocab_size": "target_vocab_size"})
     check_positive_int("source_vocab_size", source_vocab_size)
     pad_id = _check_token_id("pad_id", pad_id, min(source_vocab_size, target_vocab_size))
     source = keras.Input((None,), dtype="int32", name="source_tokens")
@@ -261,7 +266,10 @@ def image_to_sequence(variant, image_shape, vocab_size, *, max_length, decoder_l
     config = _decoder_config(
         vocab_size, decoder_layers, decoder_dim or trunk.shape[-1],
         decoder_heads or vit_block.num_heads, decoder_mlp_dim or vit_block.mlp_dim, max_length,
-        dropout, attention_dropout, tie_embeddings, norm_first, activation)
+        dropout, attention_dropout, tie_embeddings, norm_first, activation,
+        argument_names={"num_layers": "decoder_layers", "hidden_dim": "decoder_dim (the "
+                        "encoder's width by default)", "num_heads": "decoder_heads (the "
+                        "encoder's by default)", "mlp_dim": "decoder_mlp_dim"})
     memory = keras.layers.Identity(name=ENCODER_OUTPUTS)(trunk)
     decoder_tokens = keras.Input((None,), dtype="int32", name="decoder_tokens")
     logits = _decoder(decoder_tokens, memory, None, config)

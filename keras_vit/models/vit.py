@@ -1,5 +1,7 @@
 """The Vision Transformer family as one factory of functional Keras models."""
 
+import numbers
+
 import keras
 
 from keras_vit.layers import (
@@ -44,11 +46,19 @@ def parse_variant(variant):
 
 
 def _image_shape(image_shape):
-    shape = tuple(image_shape)
-    if len(shape) != 3:
-        raise ValueError("`image_shape` must be (height, width, channels); "
-                         f"received {image_shape!r}")
-    return tuple(check_positive_int("image_shape", int(v)) for v in shape)
+    """`(height, width, channels)` as positive Python ints; numpy integers accepted.
+
+    Floats or None are refused (truncating 8.5 to 8 would build another model).
+    """
+    try:
+        shape = () if isinstance(image_shape, str) else tuple(image_shape)
+    except TypeError:  # not a sequence
+        shape = ()
+    if len(shape) != 3 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                  and v > 0 for v in shape):
+        raise ValueError("`image_shape` must be (height, width, channels), three positive "
+                         f"integers; received {image_shape!r}")
+    return tuple(int(v) for v in shape)
 
 
 def _normalisation(mean, std, channels):
@@ -56,7 +66,9 @@ def _normalisation(mean, std, channels):
     def per_channel(value, name):
         values = [float(value)] * channels if isinstance(value, (int, float)) else list(value)
         if len(values) != channels:
-            raise ValueError(f"`{name}` needs 1 or {channels} values; received {value!r}")
+            counts = "1 value" if channels == 1 else f"1 or {channels} values"
+            raise ValueError(f"`{name}` needs {counts} (one per channel of the "
+                             f"{channels}-channel images); received {value!r}")
         return values
 
     mean, std = per_channel(mean, "mean"), per_channel(std, "std")
@@ -209,7 +221,8 @@ def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1
     if patch_size is None:
         raise ValueError(f"no patch size: give variant like '{size}/16' or patch_size=")
     image_shape = _image_shape(image_shape)
-    check_positive_int("num_classes", num_classes)
+    if include_top:  # no head, no classes: features only
+        check_positive_int("num_classes", num_classes)
     class_token, num_prefix = _check_tokens(pooling, class_token, distillation_token,
                                             position_embedding)
     if config["hidden_dim"] % config["num_heads"]:
