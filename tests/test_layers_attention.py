@@ -716,6 +716,11 @@ BAD_CONSTRUCTORS = [
      lambda: make("MultiHeadAttention", num_heads=2, key_dim=4, dropout=1.0), 1.0),
     ("mha_dropout_neg",
      lambda: make("MultiHeadAttention", num_heads=2, key_dim=4, dropout=-0.1), -0.1),
+    ("mha_heads_float", lambda: make("MultiHeadAttention", num_heads=2.0, key_dim=4), 2.0),
+    ("mha_heads_bool", lambda: make("MultiHeadAttention", num_heads=True, key_dim=4), True),
+    ("mha_heads_str", lambda: make("MultiHeadAttention", num_heads="2", key_dim=4), "2"),
+    ("nw_bandwidth_inf",
+     lambda: make("NadarayaWatsonAttention", initial_bandwidth=float("inf")), "inf"),
 ]
 
 
@@ -724,6 +729,19 @@ BAD_CONSTRUCTORS = [
 )
 def test_constructor_rejects_bad_arguments(factory, bad):
     assert_value_error(factory, bad)
+
+
+def test_numpy_integers_are_accepted_and_stored_as_ints():
+    layer = make("MultiHeadAttention", num_heads=np.int64(2), key_dim=np.int32(4),
+                 output_shape=np.int64(6))
+    assert (layer.num_heads, layer.key_dim, layer.value_dim, layer.output_dim) == (2, 4, 4, 6)
+    assert {type(v) for v in (layer.num_heads, layer.key_dim, layer.value_dim,
+                              layer.output_dim)} == {int}
+    x = np.zeros((B, 3, 8), "float32")
+    assert call_numpy(layer, (x, x), {}).shape == (B, 3, 6)
+    keras.saving.serialize_keras_object(layer)  # JSON-able config
+    assert type(make("AdditiveAttention", units=np.uint8(3)).units) is int
+    assert type(make("ScaledDotProductAttention", dropout=np.float32(0.5)).dropout) is float
 
 
 def test_mha_missing_key_dim_is_a_value_error():

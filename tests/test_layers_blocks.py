@@ -570,6 +570,20 @@ BAD_CONSTRUCTORS = [
     ("dec_dropout_1", _dec(dropout=1.0), 1.0),
     ("dec_attention_dropout_big", _dec(attention_dropout=1.5), 1.5),
     ("dec_drop_path_neg", _dec(drop_path=-0.7), -0.7),
+    ("enc_epsilon_neg", _enc(epsilon=-1e-6), -1e-6),
+    ("enc_epsilon_0", _enc(epsilon=0.0), 0.0),
+    ("enc_epsilon_str", _enc(epsilon="small"), "small"),
+    ("enc_epsilon_inf", _enc(epsilon=float("inf")), "inf"),
+    ("dec_epsilon_neg", _dec(epsilon=-1e-3), -1e-3),
+    ("dec_epsilon_nan", _dec(epsilon=float("nan")), "nan"),
+    ("addnorm_epsilon_neg", lambda: make("AddNorm", epsilon=-1e-6), -1e-6),
+    ("addnorm_epsilon_str", lambda: make("AddNorm", epsilon="1e-6"), "1e-6"),
+    ("enc_activation_unknown", _enc(activation="nope"), "nope"),
+    ("dec_activation_unknown", _dec(activation="nope"), "nope"),
+    ("ffn_activation_unknown",
+     lambda: make("PositionWiseFeedForward", hidden_dim=4, activation="nope"), "nope"),
+    ("enc_heads_float", _enc(num_heads=2.0), 2.0),
+    ("enc_heads_bool", _enc(num_heads=True), True),
 ]
 
 
@@ -578,3 +592,23 @@ BAD_CONSTRUCTORS = [
 )
 def test_constructor_rejects_bad_arguments(factory, bad):
     assert_value_error(factory, bad)
+
+
+@pytest.mark.parametrize("name, factory", [
+    ("epsilon", _enc(epsilon=-1e-6)), ("epsilon", lambda: make("AddNorm", epsilon="x")),
+    ("activation", _dec(activation="nope")),
+])
+def test_bad_arguments_are_named(name, factory):
+    assert_value_error(factory, f"`{name}`")
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    block = make("TransformerEncoderBlock", num_heads=np.int64(2), mlp_dim=np.int32(8),
+                 dropout=np.float32(0.25), epsilon=np.float64(1e-5))
+    assert (type(block.num_heads), type(block.mlp_dim)) == (int, int)
+    assert (type(block.dropout), type(block.epsilon)) == (float, float)
+    x = np.zeros((B, 3, 4), "float32")
+    assert call_numpy(block, (x,), {}).shape == (B, 3, 4)
+    keras.saving.serialize_keras_object(block)  # JSON-able config
+    assert type(make("AddNorm", epsilon=np.float32(1e-3)).epsilon) is float
+    assert type(make("PositionWiseFeedForward", hidden_dim=np.int16(4)).hidden_dim) is int

@@ -142,8 +142,8 @@ class AdditiveAttention(_AttentionPooling):
         super().__init__(dropout=dropout, **kwargs)
         self.units = check_positive_int("units", units)
         dense = dict(use_bias=False, dtype=self.dtype_policy)
-        self.query_dense = keras.layers.Dense(units, name="query_dense", **dense)
-        self.key_dense = keras.layers.Dense(units, name="key_dense", **dense)
+        self.query_dense = keras.layers.Dense(self.units, name="query_dense", **dense)
+        self.key_dense = keras.layers.Dense(self.units, name="key_dense", **dense)
         self.score_dense = keras.layers.Dense(1, name="score_dense", **dense)
 
     def build(self, query_shape, value_shape, key_shape=None):

@@ -86,7 +86,7 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError("`key_dim` is required: the size of each attention head; "
                              "received key_dim=None")
         self.key_dim = check_positive_int("key_dim", key_dim)
-        self.value_dim = (key_dim if value_dim is None
+        self.value_dim = (self.key_dim if value_dim is None
                           else check_positive_int("value_dim", value_dim))
         self.dropout = check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
