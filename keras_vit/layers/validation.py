@@ -34,7 +34,7 @@ def check_non_negative_int(name, value):
     return int(value)
 
 
-def check_pair(name, value, parts=("height", "width")):
+def check_pair(name, value, parts="(height, width)"):
     """A positive integer or a pair of them as an `(int, int)` tuple, else ValueError."""
     if _is_int(value):
         value = (value, value)
