@@ -94,6 +94,11 @@ CASES = [
         expected_num_trainable_weights=1, expected_num_non_trainable_weights=0,
     ),
     LayerCase(
+        "nw_dropout", "NadarayaWatsonAttention", {"dropout": 0.5, "initial_bandwidth": 0.9},
+        _qvk(3, 4, 2, 2), [(B, 3, 2)],
+        expected_num_trainable_weights=0, expected_num_non_trainable_weights=1,
+    ),
+    LayerCase(
         "additive", "AdditiveAttention", {"units": 8},
         _qvk(3, 5, 6, 4, dk=5, valid_lens=_vl(3, 5)), [(B, 3, 4)],
         expected_num_trainable_weights=3,
@@ -719,6 +724,7 @@ BAD_CONSTRUCTORS = [
     ("mha_heads_float", lambda: make("MultiHeadAttention", num_heads=2.0, key_dim=4), 2.0),
     ("mha_heads_bool", lambda: make("MultiHeadAttention", num_heads=True, key_dim=4), True),
     ("mha_heads_str", lambda: make("MultiHeadAttention", num_heads="2", key_dim=4), "2"),
+    ("nw_dropout_1", lambda: make("NadarayaWatsonAttention", dropout=1.0), 1.0),
     ("nw_bandwidth_inf",
      lambda: make("NadarayaWatsonAttention", initial_bandwidth=float("inf")), "inf"),
 ]
@@ -742,6 +748,19 @@ def test_numpy_integers_are_accepted_and_stored_as_ints():
     keras.saving.serialize_keras_object(layer)  # JSON-able config
     assert type(make("AdditiveAttention", units=np.uint8(3)).units) is int
     assert type(make("ScaledDotProductAttention", dropout=np.float32(0.5)).dropout) is float
+
+
+def test_nadaraya_watson_dropout_survives_config_and_keras_file(tmp_path):
+    layer = make("NadarayaWatsonAttention", dropout=0.5)
+    assert layer.get_config()["dropout"] == 0.5
+    assert type(layer).from_config(layer.get_config()).dropout == 0.5
+    q = keras.Input((3, 2))
+    v = keras.Input((4, 2))
+    model = keras.Model([q, v], layer(q, v))
+    path = str(tmp_path / "nw.keras")
+    model.save(path)
+    revived = keras.saving.load_model(path).get_layer(layer.name)
+    assert revived.dropout == 0.5 and revived.dropout_layer.rate == 0.5
 
 
 def test_mha_missing_key_dim_is_a_value_error():

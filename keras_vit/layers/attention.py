@@ -72,6 +72,8 @@ class NadarayaWatsonAttention(_AttentionPooling):
         trainable_bandwidth: bool. Whether `w` is learned. Defaults to `False`.
         initial_bandwidth: float > 0. Initial (or fixed) value of `w`.
             Defaults to `1.0`.
+        dropout: float in [0, 1). Dropout on the attention weights during
+            training. Defaults to `0.0`.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -84,8 +86,8 @@ class NadarayaWatsonAttention(_AttentionPooling):
         Nadaraya (1964); Watson (1964); Zhang et al., Dive into Deep Learning, 11.2.
     """
 
-    def __init__(self, trainable_bandwidth=False, initial_bandwidth=1.0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, trainable_bandwidth=False, initial_bandwidth=1.0, dropout=0.0, **kwargs):
+        super().__init__(dropout=dropout, **kwargs)
         self.trainable_bandwidth = bool(trainable_bandwidth)
         self.initial_bandwidth = check_positive_float("initial_bandwidth", initial_bandwidth)
 
@@ -109,7 +111,6 @@ class NadarayaWatsonAttention(_AttentionPooling):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dropout")
         config.update({"trainable_bandwidth": self.trainable_bandwidth,
                        "initial_bandwidth": self.initial_bandwidth})
         return config
