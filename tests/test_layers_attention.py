@@ -763,6 +763,18 @@ def test_nadaraya_watson_dropout_survives_config_and_keras_file(tmp_path):
     assert revived.dropout == 0.5 and revived.dropout_layer.rate == 0.5
 
 
+@pytest.mark.parametrize("index", [7, 4, -2, np.int64(4)])
+def test_mha_cache_index_past_the_cache_is_an_error(index):
+    layer = make("MultiHeadAttention", num_heads=2, key_dim=2)
+    x = np.zeros((B, 2, 4), "float32")
+    call_numpy(layer, (x, x), {})
+    cache = layer.init_cache(B, 5)
+    assert_value_error(lambda: layer.call_with_cache(to_tensor(x), cache, index),
+                       "cache_update_index", index, "length 5")
+    out, new_cache = layer.call_with_cache(to_tensor(x), cache, 3)
+    assert tuple(out.shape) == (B, 2, 4) and tuple(new_cache.shape) == tuple(cache.shape)
+
+
 def test_mha_missing_key_dim_is_a_value_error():
     assert_value_error(lambda: make("MultiHeadAttention", num_heads=2), "key_dim")
 

@@ -489,6 +489,27 @@ def test_decoder_cached_decoding_matches_full_pass(norm_first, extra_length):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=ATOL)
 
 
+@pytest.mark.parametrize("index, steps", [(7, 1), (3, 1), (2, 2), (-1, 1)])
+def test_decoder_cache_index_past_the_cache_is_an_error(index, steps):
+    block = make("TransformerDecoderBlock", num_heads=2, mlp_dim=8)
+    enc = np.zeros((B, 4, 4), "float32")
+    call_numpy(block, (np.zeros((B, 1, 4), "float32"), enc), {})
+    cache = block.init_cache(B, 3)
+    x = np.zeros((B, steps, 4), "float32")
+    assert_value_error(
+        lambda: call_numpy(block, (x, enc), {"self_attention_cache": cache,
+                                             "cache_update_index": index}),
+        "cache_update_index", index, f"{steps} step", "length 3")
+    # The last positions that fit are fine.
+    out, new_cache = call_numpy(block, (x, enc), {"self_attention_cache": cache,
+                                                  "cache_update_index": 3 - steps})
+    assert out.shape == (B, steps, 4) and new_cache.shape == tuple(cache.shape)
+    # A numpy integer index (an int64 tensor once Keras converts it) works as well.
+    out64, _ = call_numpy(block, (x, enc), {"self_attention_cache": cache,
+                                            "cache_update_index": np.int64(3 - steps)})
+    np.testing.assert_allclose(out64, out, atol=1e-6)
+
+
 @pytest.mark.parametrize("d,heads", [(10, 4), (6, 4)])
 def test_decoder_block_width_not_divisible_by_heads(d, heads):
     block = make("TransformerDecoderBlock", num_heads=heads, mlp_dim=8)

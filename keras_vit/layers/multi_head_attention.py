@@ -8,7 +8,7 @@ from keras import ops
 from keras_vit.layers.attention import fused_attention, fused_attention_supports
 from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
 from keras_vit.layers.updates import write_slice
-from keras_vit.layers.validation import check_positive_int, check_rate
+from keras_vit.layers.validation import check_cache_index, check_positive_int, check_rate
 
 
 def dense_matrix(layer, dtype, scale=None):
@@ -229,11 +229,13 @@ class MultiHeadAttention(keras.layers.Layer):
         Args:
             query: `(B, s, D)` new decoder inputs.
             cache: `(B, 2, max_length, H, key_dim)` from `init_cache` or a previous step.
-            cache_update_index: int or scalar tensor. Position of `query[:, 0]`.
+            cache_update_index: int or scalar tensor. Position of `query[:, 0]`;
+                an int must leave room for the steps (`index + s <= max_length`).
             attention_mask: optional extra boolean mask `(B, s, max_length)`.
             return_attention_scores: bool. Also return the weights.
             training: bool. Enables dropout.
         """
+        check_cache_index(cache_update_index, query.shape[1], cache.shape[2])
         steps = ops.shape(query)[1]
         max_length = ops.shape(cache)[2]
         new_kv = ops.stack([self.project(self.key_dense, query),

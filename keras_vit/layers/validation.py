@@ -68,6 +68,21 @@ def check_activation(name, value):
                          f"{name}={value!r}") from error
 
 
+def check_cache_index(index, steps, cache_length):
+    """Raise ValueError when a Python/numpy integer `index` puts `steps` past the cache.
+
+    Tensor indices (and unknown static sizes) are not checked: graph code
+    cannot raise on values.
+    """
+    if not _is_int(index):
+        return
+    if index < 0 or (steps is not None and cache_length is not None
+                     and index + steps > cache_length):
+        raise ValueError("`cache_update_index` must be >= 0 and leave room for the new steps "
+                         f"(index + steps <= cache length); received cache_update_index="
+                         f"{index!r} for {steps} step(s) and a cache of length {cache_length}")
+
+
 def check_rank(name, shape, rank, expected="(batch, length, features)"):
     """Raise ValueError unless the static `shape` has `rank` axes."""
     if len(shape) != rank:
