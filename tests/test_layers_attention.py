@@ -671,6 +671,79 @@ def test_fully_masked_row_gives_zeros_not_nan(factory, dtype):
 
 
 # ----------------------------------------------------------------------------
+# Mismatched inputs: a ValueError naming the argument and the shapes
+# ----------------------------------------------------------------------------
+def _x(*shape):
+    return np.zeros(shape, "float32")
+
+
+BAD_INPUTS = [
+    # (id, (query, value), kwargs, needles)
+    ("batch", (_x(B, 5, 4), _x(1, 5, 4)), {}, ("value", "query", (1, 5, 4), (B, 5, 4))),
+    ("key_batch", (_x(B, 5, 4), _x(B, 5, 4)), {"key": _x(1, 5, 4)}, ("key", (1, 5, 4))),
+    ("rank2", (_x(5, 4), _x(5, 4)), {}, ("query", (5, 4))),
+    ("value_rank4", (_x(B, 5, 4), _x(B, 5, 4, 1)), {"key": _x(B, 5, 4)},
+     ("value", (B, 5, 4, 1))),
+    ("key_value_lengths", (_x(B, 5, 4), _x(B, 5, 4)), {"key": _x(B, 3, 4)},
+     ("key", "value", (B, 3, 4), (B, 5, 4))),
+    ("mask_key_length", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"attention_mask": np.ones((B, 5, 4), bool)}, ("attention_mask", (B, 5, 4), (B, 5, 5))),
+    ("mask_batch", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"attention_mask": np.ones((3, 5, 5), bool)}, ("attention_mask", (3, 5, 5))),
+    ("mask_rank4", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"attention_mask": np.ones((B, 1, 5, 5), bool)}, ("attention_mask", (B, 1, 5, 5))),
+    ("valid_lens_batch", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"valid_lens": np.array([1, 2, 3], "int32")}, ("valid_lens", (3,), (B,))),
+    ("valid_lens_queries", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"valid_lens": np.ones((B, 4), "int32")}, ("valid_lens", (B, 4), (B, 5))),
+    ("valid_lens_rank3", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"valid_lens": np.ones((B, 5, 5), "int32")}, ("valid_lens", (B, 5, 5))),
+]
+
+
+@attention_factories
+@pytest.mark.parametrize("args, kwargs, needles", [c[1:] for c in BAD_INPUTS],
+                         ids=[c[0] for c in BAD_INPUTS])
+def test_mismatched_inputs_are_value_errors(factory, args, kwargs, needles):
+    assert_value_error(lambda: call_numpy(factory(), args, kwargs), *needles)
+
+
+@pytest.mark.parametrize("name", ["nw", "sdpa"])
+def test_query_and_key_feature_sizes_must_match_for_distance_and_dot_scores(name):
+    q, v, k = _x(B, 3, 4), _x(B, 5, 2), _x(B, 5, 3)
+    layer = ATTENTION_FACTORIES[name]()
+    assert_value_error(lambda: call_numpy(layer, (q, v), {"key": k}),
+                       "key", "query", (B, 5, 3), (B, 3, 4))
+    # Symbolically too.
+    assert_value_error(lambda: layer(keras.Input((3, 4)), keras.Input((5, 2)),
+                                     key=keras.Input((5, 3))), "key", (None, 5, 3))
+
+
+@attention_factories
+def test_broadcastable_masks_and_unknown_sizes_are_accepted(factory):
+    q, v = _x(B, 4, 4), _x(B, 5, 4)
+    for kwargs in ({"attention_mask": np.ones((1, 5), bool)},
+                   {"attention_mask": np.ones((B, 1, 5), bool)},
+                   {"valid_lens": np.array([3], "int32")},
+                   {"valid_lens": np.array([[1], [2]], "int32")}):
+        assert call_numpy(factory(), (q, v), kwargs).shape[:2] == (B, 4)
+    out = factory()(keras.Input((None, 4)), keras.Input((None, 4)),
+                    valid_lens=keras.Input((), dtype="int32"))
+    assert tuple(out.shape[:2]) == (None, None)
+
+
+def test_mha_cache_attention_mask_shape_is_checked():
+    layer = make("MultiHeadAttention", num_heads=2, key_dim=2)
+    x = _x(B, 1, 4)
+    call_numpy(layer, (x, x), {})
+    cache = layer.init_cache(B, 3)
+    assert_value_error(
+        lambda: layer.call_with_cache(to_tensor(x), cache, 0,
+                                      attention_mask=np.ones((B, 1, 4), bool)),
+        "attention_mask", (B, 1, 4), (B, 1, 3))
+
+
+# ----------------------------------------------------------------------------
 # Signatures from the spec
 # ----------------------------------------------------------------------------
 ATTENTION_CALL = [

@@ -489,6 +489,32 @@ def test_decoder_cached_decoding_matches_full_pass(norm_first, extra_length):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=ATOL)
 
 
+@pytest.mark.parametrize("y_shape", [(B, 5, 4), (B, 3, 8), (B, 5, 8, 1), (1, 5, 8)])
+def test_add_norm_requires_y_shaped_like_x(y_shape):
+    x, y = np.zeros((B, 5, 8), "float32"), np.zeros(y_shape, "float32")
+    assert_value_error(lambda: call_numpy(make("AddNorm"), (x, y), {}),
+                       "`y`", "`x`", y_shape, (B, 5, 8))
+    layer = make("AddNorm")
+    call_numpy(layer, (x, x), {})  # built; a later call is checked as well
+    assert_value_error(lambda: call_numpy(layer, (x, y), {}), y_shape)
+
+
+@pytest.mark.parametrize("kwargs, needles", [
+    ({"valid_lens": np.array([1, 2, 3], "int32")}, ("valid_lens", (3,))),
+    ({"attention_mask": np.ones((B, 4, 4), bool)}, ("attention_mask", (B, 4, 4))),
+])
+def test_encoder_block_mask_shapes_are_checked(kwargs, needles):
+    block = make("TransformerEncoderBlock", num_heads=2, mlp_dim=8)
+    x = np.zeros((B, 5, 4), "float32")
+    assert_value_error(lambda: call_numpy(block, (x,), kwargs), *needles)
+
+
+def test_decoder_block_encoder_batch_is_checked():
+    block = make("TransformerDecoderBlock", num_heads=2, mlp_dim=8)
+    x, enc = np.zeros((B, 3, 4), "float32"), np.zeros((1, 5, 4), "float32")
+    assert_value_error(lambda: call_numpy(block, (x, enc), {}), "batch size", (1, 5, 4))
+
+
 @pytest.mark.parametrize("index, steps", [(7, 1), (3, 1), (2, 2), (-1, 1)])
 def test_decoder_cache_index_past_the_cache_is_an_error(index, steps):
     block = make("TransformerDecoderBlock", num_heads=2, mlp_dim=8)

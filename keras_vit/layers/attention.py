@@ -12,11 +12,19 @@ import keras
 from keras import ops
 
 from keras_vit.layers.masking import any_valid_key, masked_softmax, merge_masks
-from keras_vit.layers.validation import check_positive_float, check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_attention_inputs,
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+)
 
 
 class _AttentionPooling(keras.layers.Layer):
     """Shared body: mask, softmax in float32, dropout, weighted sum of values."""
+
+    # Whether `score` needs queries and keys of one feature size.
+    same_query_key_features = False
 
     def __init__(self, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -27,9 +35,15 @@ class _AttentionPooling(keras.layers.Layer):
         """Attention scores `(B, Tq, Tk)` for queries `(B, Tq, Dq)` and keys `(B, Tk, Dk)`."""
         raise NotImplementedError
 
+    def check_inputs(self, query, value, key, attention_mask=None, valid_lens=None):
+        """ValueError naming the argument when static shapes do not fit (see validation.py)."""
+        check_attention_inputs(query, value, key, attention_mask, valid_lens,
+                               same_query_key_features=self.same_query_key_features)
+
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
              use_causal_mask=False, return_attention_scores=False, training=None):
         key = value if key is None else key
+        self.check_inputs(query, value, key, attention_mask, valid_lens)
         mask = merge_masks(ops.shape(query)[1], ops.shape(key)[1], attention_mask,
                            valid_lens, use_causal_mask)
         weights = masked_softmax(self.score(query, key), mask)
@@ -43,8 +57,9 @@ class _AttentionPooling(keras.layers.Layer):
         return tuple(query_shape[:-1]) + (value_shape[-1],)
 
     def compute_output_spec(self, query, value, key=None, return_attention_scores=False,
-                            **kwargs):
+                            attention_mask=None, valid_lens=None, **kwargs):
         key = value if key is None else key
+        self.check_inputs(query, value, key, attention_mask, valid_lens)
         output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape),
                                    dtype=self.compute_dtype)
         if not return_attention_scores:
@@ -66,7 +81,7 @@ class NadarayaWatsonAttention(_AttentionPooling):
     bandwidth `1/w` weighs each key `x_i` by its distance to the query `x`.
     With `w` fixed at 1 this is the non-parametric estimator; with
     `trainable_bandwidth=True` it is the parametric one, learning `w`.
-    Queries and keys are vectors `(B, T, D)`; use `D = 1` for scalars.
+    Queries and keys are vectors `(B, T, D)` of one size `D`; use `D = 1` for scalars.
 
     Args:
         trainable_bandwidth: bool. Whether `w` is learned. Defaults to `False`.
@@ -85,6 +100,8 @@ class NadarayaWatsonAttention(_AttentionPooling):
     References:
         Nadaraya (1964); Watson (1964); Zhang et al., Dive into Deep Learning, 11.2.
     """
+
+    same_query_key_features = True
 
     def __init__(self, trainable_bandwidth=False, initial_bandwidth=1.0, dropout=0.0, **kwargs):
         super().__init__(dropout=dropout, **kwargs)
@@ -187,6 +204,8 @@ class ScaledDotProductAttention(_AttentionPooling):
         Vaswani et al., "Attention Is All You Need", 2017.
     """
 
+    same_query_key_features = True
+
     def score(self, query, key):
         scale = 1.0 / math.sqrt(query.shape[-1])
         return ops.matmul(query * ops.cast(scale, query.dtype), ops.swapaxes(key, -1, -2))
@@ -194,6 +213,7 @@ class ScaledDotProductAttention(_AttentionPooling):
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
              use_causal_mask=False, return_attention_scores=False, training=None):
         key = value if key is None else key
+        self.check_inputs(query, value, key, attention_mask, valid_lens)
         fused = (not return_attention_scores and not (self.dropout > 0 and training)
                  and fused_attention_supports(key.shape[-1], value.shape[-1], self.compute_dtype))
         if not fused:

@@ -11,6 +11,7 @@ from keras_vit.layers.validation import (
     check_positive_float,
     check_positive_int,
     check_rate,
+    check_same_shape,
 )
 
 
@@ -103,9 +104,12 @@ class AddNorm(keras.layers.Layer):
         self.norm = LayerNormalization(epsilon=self.epsilon, name="norm", dtype=self.dtype_policy)
 
     def build(self, x_shape, y_shape=None):
+        if y_shape is not None:
+            check_same_shape("y", y_shape, "x", x_shape)
         self.norm.build(x_shape)
 
     def call(self, x, y, training=None):
+        check_same_shape("y", y.shape, "x", x.shape)
         return self.norm(x + self.dropout_layer(y, training=training))
 
     def compute_output_shape(self, x_shape, y_shape=None):

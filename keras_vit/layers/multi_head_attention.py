@@ -8,7 +8,14 @@ from keras import ops
 from keras_vit.layers.attention import fused_attention, fused_attention_supports
 from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
 from keras_vit.layers.updates import write_slice
-from keras_vit.layers.validation import check_cache_index, check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_attention_inputs,
+    check_broadcastable,
+    check_cache_index,
+    check_positive_int,
+    check_rate,
+    static_shape,
+)
 
 
 def dense_matrix(layer, dtype, scale=None):
@@ -195,6 +202,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
              use_causal_mask=False, return_attention_scores=False, training=None):
         key = value if key is None else key
+        check_attention_inputs(query, value, key, attention_mask, valid_lens)
         mask = merge_masks(ops.shape(query)[1], ops.shape(key)[1], attention_mask,
                            valid_lens, use_causal_mask)
         output, weights = self.attend(self.project(self.query_dense, query, self.query_scale),
@@ -236,6 +244,10 @@ class MultiHeadAttention(keras.layers.Layer):
             training: bool. Enables dropout.
         """
         check_cache_index(cache_update_index, query.shape[1], cache.shape[2])
+        if attention_mask is not None:
+            check_broadcastable("attention_mask", static_shape(attention_mask),
+                                (query.shape[0], query.shape[1], cache.shape[2]),
+                                "(batch, steps, max_length)")
         steps = ops.shape(query)[1]
         max_length = ops.shape(cache)[2]
         new_kv = ops.stack([self.project(self.key_dense, query),
@@ -257,8 +269,9 @@ class MultiHeadAttention(keras.layers.Layer):
         return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
 
     def compute_output_spec(self, query, value, key=None, return_attention_scores=False,
-                            **kwargs):
+                            attention_mask=None, valid_lens=None, **kwargs):
         key = value if key is None else key
+        check_attention_inputs(query, value, key, attention_mask, valid_lens)
         output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape, key.shape),
                                    dtype=self.compute_dtype)
         if not return_attention_scores:

@@ -107,6 +107,14 @@ def check_same_dim(name, shape, axis, other_name, other_shape, other_axis=None, 
                          f"{other_name} shape {tuple(other_shape)}")
 
 
+def check_same_shape(name, shape, other_name, other_shape):
+    """Raise ValueError unless two static shapes have one rank and agree where both are known."""
+    shape, other_shape = tuple(shape), tuple(other_shape)
+    if len(shape) != len(other_shape) or any(map(_differ, shape, other_shape)):
+        raise ValueError(f"`{name}` must have the shape of `{other_name}`; received {name} shape "
+                         f"{shape} and {other_name} shape {other_shape}")
+
+
 def check_broadcastable(name, shape, target, target_text):
     """Raise ValueError unless static `shape` broadcasts (numpy rules) to `target`.
 
