@@ -94,6 +94,11 @@ CASES = [
         expected_num_trainable_weights=1, expected_num_non_trainable_weights=0,
     ),
     LayerCase(
+        "nw_dropout", "NadarayaWatsonAttention", {"dropout": 0.5, "initial_bandwidth": 0.9},
+        _qvk(3, 4, 2, 2), [(B, 3, 2)],
+        expected_num_trainable_weights=0, expected_num_non_trainable_weights=1,
+    ),
+    LayerCase(
         "additive", "AdditiveAttention", {"units": 8},
         _qvk(3, 5, 6, 4, dk=5, valid_lens=_vl(3, 5)), [(B, 3, 4)],
         expected_num_trainable_weights=3,
@@ -666,6 +671,79 @@ def test_fully_masked_row_gives_zeros_not_nan(factory, dtype):
 
 
 # ----------------------------------------------------------------------------
+# Mismatched inputs: a ValueError naming the argument and the shapes
+# ----------------------------------------------------------------------------
+def _x(*shape):
+    return np.zeros(shape, "float32")
+
+
+BAD_INPUTS = [
+    # (id, (query, value), kwargs, needles)
+    ("batch", (_x(B, 5, 4), _x(1, 5, 4)), {}, ("value", "query", (1, 5, 4), (B, 5, 4))),
+    ("key_batch", (_x(B, 5, 4), _x(B, 5, 4)), {"key": _x(1, 5, 4)}, ("key", (1, 5, 4))),
+    ("rank2", (_x(5, 4), _x(5, 4)), {}, ("query", (5, 4))),
+    ("value_rank4", (_x(B, 5, 4), _x(B, 5, 4, 1)), {"key": _x(B, 5, 4)},
+     ("value", (B, 5, 4, 1))),
+    ("key_value_lengths", (_x(B, 5, 4), _x(B, 5, 4)), {"key": _x(B, 3, 4)},
+     ("key", "value", (B, 3, 4), (B, 5, 4))),
+    ("mask_key_length", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"attention_mask": np.ones((B, 5, 4), bool)}, ("attention_mask", (B, 5, 4), (B, 5, 5))),
+    ("mask_batch", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"attention_mask": np.ones((3, 5, 5), bool)}, ("attention_mask", (3, 5, 5))),
+    ("mask_rank4", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"attention_mask": np.ones((B, 1, 5, 5), bool)}, ("attention_mask", (B, 1, 5, 5))),
+    ("valid_lens_batch", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"valid_lens": np.array([1, 2, 3], "int32")}, ("valid_lens", (3,), (B,))),
+    ("valid_lens_queries", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"valid_lens": np.ones((B, 4), "int32")}, ("valid_lens", (B, 4), (B, 5))),
+    ("valid_lens_rank3", (_x(B, 5, 4), _x(B, 5, 4)),
+     {"valid_lens": np.ones((B, 5, 5), "int32")}, ("valid_lens", (B, 5, 5))),
+]
+
+
+@attention_factories
+@pytest.mark.parametrize("args, kwargs, needles", [c[1:] for c in BAD_INPUTS],
+                         ids=[c[0] for c in BAD_INPUTS])
+def test_mismatched_inputs_are_value_errors(factory, args, kwargs, needles):
+    assert_value_error(lambda: call_numpy(factory(), args, kwargs), *needles)
+
+
+@pytest.mark.parametrize("name", ["nw", "sdpa"])
+def test_query_and_key_feature_sizes_must_match_for_distance_and_dot_scores(name):
+    q, v, k = _x(B, 3, 4), _x(B, 5, 2), _x(B, 5, 3)
+    layer = ATTENTION_FACTORIES[name]()
+    assert_value_error(lambda: call_numpy(layer, (q, v), {"key": k}),
+                       "key", "query", (B, 5, 3), (B, 3, 4))
+    # Symbolically too.
+    assert_value_error(lambda: layer(keras.Input((3, 4)), keras.Input((5, 2)),
+                                     key=keras.Input((5, 3))), "key", (None, 5, 3))
+
+
+@attention_factories
+def test_broadcastable_masks_and_unknown_sizes_are_accepted(factory):
+    q, v = _x(B, 4, 4), _x(B, 5, 4)
+    for kwargs in ({"attention_mask": np.ones((1, 5), bool)},
+                   {"attention_mask": np.ones((B, 1, 5), bool)},
+                   {"valid_lens": np.array([3], "int32")},
+                   {"valid_lens": np.array([[1], [2]], "int32")}):
+        assert call_numpy(factory(), (q, v), kwargs).shape[:2] == (B, 4)
+    out = factory()(keras.Input((None, 4)), keras.Input((None, 4)),
+                    valid_lens=keras.Input((), dtype="int32"))
+    assert tuple(out.shape[:2]) == (None, None)
+
+
+def test_mha_cache_attention_mask_shape_is_checked():
+    layer = make("MultiHeadAttention", num_heads=2, key_dim=2)
+    x = _x(B, 1, 4)
+    call_numpy(layer, (x, x), {})
+    cache = layer.init_cache(B, 3)
+    assert_value_error(
+        lambda: layer.call_with_cache(to_tensor(x), cache, 0,
+                                      attention_mask=np.ones((B, 1, 4), bool)),
+        "attention_mask", (B, 1, 4), (B, 1, 3))
+
+
+# ----------------------------------------------------------------------------
 # Signatures from the spec
 # ----------------------------------------------------------------------------
 ATTENTION_CALL = [
@@ -716,6 +794,12 @@ BAD_CONSTRUCTORS = [
      lambda: make("MultiHeadAttention", num_heads=2, key_dim=4, dropout=1.0), 1.0),
     ("mha_dropout_neg",
      lambda: make("MultiHeadAttention", num_heads=2, key_dim=4, dropout=-0.1), -0.1),
+    ("mha_heads_float", lambda: make("MultiHeadAttention", num_heads=2.0, key_dim=4), 2.0),
+    ("mha_heads_bool", lambda: make("MultiHeadAttention", num_heads=True, key_dim=4), True),
+    ("mha_heads_str", lambda: make("MultiHeadAttention", num_heads="2", key_dim=4), "2"),
+    ("nw_dropout_1", lambda: make("NadarayaWatsonAttention", dropout=1.0), 1.0),
+    ("nw_bandwidth_inf",
+     lambda: make("NadarayaWatsonAttention", initial_bandwidth=float("inf")), "inf"),
 ]
 
 
@@ -724,6 +808,44 @@ BAD_CONSTRUCTORS = [
 )
 def test_constructor_rejects_bad_arguments(factory, bad):
     assert_value_error(factory, bad)
+
+
+def test_numpy_integers_are_accepted_and_stored_as_ints():
+    layer = make("MultiHeadAttention", num_heads=np.int64(2), key_dim=np.int32(4),
+                 output_shape=np.int64(6))
+    assert (layer.num_heads, layer.key_dim, layer.value_dim, layer.output_dim) == (2, 4, 4, 6)
+    assert {type(v) for v in (layer.num_heads, layer.key_dim, layer.value_dim,
+                              layer.output_dim)} == {int}
+    x = np.zeros((B, 3, 8), "float32")
+    assert call_numpy(layer, (x, x), {}).shape == (B, 3, 6)
+    keras.saving.serialize_keras_object(layer)  # JSON-able config
+    assert type(make("AdditiveAttention", units=np.uint8(3)).units) is int
+    assert type(make("ScaledDotProductAttention", dropout=np.float32(0.5)).dropout) is float
+
+
+def test_nadaraya_watson_dropout_survives_config_and_keras_file(tmp_path):
+    layer = make("NadarayaWatsonAttention", dropout=0.5)
+    assert layer.get_config()["dropout"] == 0.5
+    assert type(layer).from_config(layer.get_config()).dropout == 0.5
+    q = keras.Input((3, 2))
+    v = keras.Input((4, 2))
+    model = keras.Model([q, v], layer(q, v))
+    path = str(tmp_path / "nw.keras")
+    model.save(path)
+    revived = keras.saving.load_model(path).get_layer(layer.name)
+    assert revived.dropout == 0.5 and revived.dropout_layer.rate == 0.5
+
+
+@pytest.mark.parametrize("index", [7, 4, -2, np.int64(4)])
+def test_mha_cache_index_past_the_cache_is_an_error(index):
+    layer = make("MultiHeadAttention", num_heads=2, key_dim=2)
+    x = np.zeros((B, 2, 4), "float32")
+    call_numpy(layer, (x, x), {})
+    cache = layer.init_cache(B, 5)
+    assert_value_error(lambda: layer.call_with_cache(to_tensor(x), cache, index),
+                       "cache_update_index", index, "length 5")
+    out, new_cache = layer.call_with_cache(to_tensor(x), cache, 3)
+    assert tuple(out.shape) == (B, 2, 4) and tuple(new_cache.shape) == tuple(cache.shape)
 
 
 def test_mha_missing_key_dim_is_a_value_error():

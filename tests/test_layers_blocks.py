@@ -489,6 +489,53 @@ def test_decoder_cached_decoding_matches_full_pass(norm_first, extra_length):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=ATOL)
 
 
+@pytest.mark.parametrize("y_shape", [(B, 5, 4), (B, 3, 8), (B, 5, 8, 1), (1, 5, 8)])
+def test_add_norm_requires_y_shaped_like_x(y_shape):
+    x, y = np.zeros((B, 5, 8), "float32"), np.zeros(y_shape, "float32")
+    assert_value_error(lambda: call_numpy(make("AddNorm"), (x, y), {}),
+                       "`y`", "`x`", y_shape, (B, 5, 8))
+    layer = make("AddNorm")
+    call_numpy(layer, (x, x), {})  # built; a later call is checked as well
+    assert_value_error(lambda: call_numpy(layer, (x, y), {}), y_shape)
+
+
+@pytest.mark.parametrize("kwargs, needles", [
+    ({"valid_lens": np.array([1, 2, 3], "int32")}, ("valid_lens", (3,))),
+    ({"attention_mask": np.ones((B, 4, 4), bool)}, ("attention_mask", (B, 4, 4))),
+])
+def test_encoder_block_mask_shapes_are_checked(kwargs, needles):
+    block = make("TransformerEncoderBlock", num_heads=2, mlp_dim=8)
+    x = np.zeros((B, 5, 4), "float32")
+    assert_value_error(lambda: call_numpy(block, (x,), kwargs), *needles)
+
+
+def test_decoder_block_encoder_batch_is_checked():
+    block = make("TransformerDecoderBlock", num_heads=2, mlp_dim=8)
+    x, enc = np.zeros((B, 3, 4), "float32"), np.zeros((1, 5, 4), "float32")
+    assert_value_error(lambda: call_numpy(block, (x, enc), {}), "batch size", (1, 5, 4))
+
+
+@pytest.mark.parametrize("index, steps", [(7, 1), (3, 1), (2, 2), (-1, 1)])
+def test_decoder_cache_index_past_the_cache_is_an_error(index, steps):
+    block = make("TransformerDecoderBlock", num_heads=2, mlp_dim=8)
+    enc = np.zeros((B, 4, 4), "float32")
+    call_numpy(block, (np.zeros((B, 1, 4), "float32"), enc), {})
+    cache = block.init_cache(B, 3)
+    x = np.zeros((B, steps, 4), "float32")
+    assert_value_error(
+        lambda: call_numpy(block, (x, enc), {"self_attention_cache": cache,
+                                             "cache_update_index": index}),
+        "cache_update_index", index, f"{steps} step", "length 3")
+    # The last positions that fit are fine.
+    out, new_cache = call_numpy(block, (x, enc), {"self_attention_cache": cache,
+                                                  "cache_update_index": 3 - steps})
+    assert out.shape == (B, steps, 4) and new_cache.shape == tuple(cache.shape)
+    # A numpy integer index (an int64 tensor once Keras converts it) works as well.
+    out64, _ = call_numpy(block, (x, enc), {"self_attention_cache": cache,
+                                            "cache_update_index": np.int64(3 - steps)})
+    np.testing.assert_allclose(out64, out, atol=1e-6)
+
+
 @pytest.mark.parametrize("d,heads", [(10, 4), (6, 4)])
 def test_decoder_block_width_not_divisible_by_heads(d, heads):
     block = make("TransformerDecoderBlock", num_heads=heads, mlp_dim=8)
@@ -570,6 +617,20 @@ BAD_CONSTRUCTORS = [
     ("dec_dropout_1", _dec(dropout=1.0), 1.0),
     ("dec_attention_dropout_big", _dec(attention_dropout=1.5), 1.5),
     ("dec_drop_path_neg", _dec(drop_path=-0.7), -0.7),
+    ("enc_epsilon_neg", _enc(epsilon=-1e-6), -1e-6),
+    ("enc_epsilon_0", _enc(epsilon=0.0), 0.0),
+    ("enc_epsilon_str", _enc(epsilon="small"), "small"),
+    ("enc_epsilon_inf", _enc(epsilon=float("inf")), "inf"),
+    ("dec_epsilon_neg", _dec(epsilon=-1e-3), -1e-3),
+    ("dec_epsilon_nan", _dec(epsilon=float("nan")), "nan"),
+    ("addnorm_epsilon_neg", lambda: make("AddNorm", epsilon=-1e-6), -1e-6),
+    ("addnorm_epsilon_str", lambda: make("AddNorm", epsilon="1e-6"), "1e-6"),
+    ("enc_activation_unknown", _enc(activation="nope"), "nope"),
+    ("dec_activation_unknown", _dec(activation="nope"), "nope"),
+    ("ffn_activation_unknown",
+     lambda: make("PositionWiseFeedForward", hidden_dim=4, activation="nope"), "nope"),
+    ("enc_heads_float", _enc(num_heads=2.0), 2.0),
+    ("enc_heads_bool", _enc(num_heads=True), True),
 ]
 
 
@@ -578,3 +639,23 @@ BAD_CONSTRUCTORS = [
 )
 def test_constructor_rejects_bad_arguments(factory, bad):
     assert_value_error(factory, bad)
+
+
+@pytest.mark.parametrize("name, factory", [
+    ("epsilon", _enc(epsilon=-1e-6)), ("epsilon", lambda: make("AddNorm", epsilon="x")),
+    ("activation", _dec(activation="nope")),
+])
+def test_bad_arguments_are_named(name, factory):
+    assert_value_error(factory, f"`{name}`")
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    block = make("TransformerEncoderBlock", num_heads=np.int64(2), mlp_dim=np.int32(8),
+                 dropout=np.float32(0.25), epsilon=np.float64(1e-5))
+    assert (type(block.num_heads), type(block.mlp_dim)) == (int, int)
+    assert (type(block.dropout), type(block.epsilon)) == (float, float)
+    x = np.zeros((B, 3, 4), "float32")
+    assert call_numpy(block, (x,), {}).shape == (B, 3, 4)
+    keras.saving.serialize_keras_object(block)  # JSON-able config
+    assert type(make("AddNorm", epsilon=np.float32(1e-3)).epsilon) is float
+    assert type(make("PositionWiseFeedForward", hidden_dim=np.int16(4)).hidden_dim) is int

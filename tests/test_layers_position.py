@@ -369,6 +369,33 @@ def test_patch_embedding_rejects_indivisible_images(patch, image, needles):
     assert_value_error(lambda: call_numpy(layer, (x,), {}), *needles)
 
 
+@pytest.mark.parametrize("image", [(16, 16, 1), (8, 16, 1), (8, 8, 3)])
+def test_patch_embedding_rejects_another_image_size_than_built_for(image):
+    layer = make("PatchEmbedding", patch_size=4, hidden_dim=8)
+    call_numpy(layer, (np.zeros((1, 8, 8, 1), "float32"),), {})
+    x = np.zeros((1, *image), "float32")
+    assert_value_error(lambda: call_numpy(layer, (x,), {}), "images", (8, 8, 1), (1, *image))
+    # Symbolically as well.
+    assert_value_error(lambda: layer(keras.Input(image)), (8, 8, 1), (None, *image))
+    # The batch size may change.
+    assert call_numpy(layer, (np.zeros((3, 8, 8, 1), "float32"),), {}).shape == (3, 4, 8)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (1, 1, 8, 8, 1)])
+def test_patch_embedding_rejects_other_ranks(shape):
+    layer = make("PatchEmbedding", patch_size=4, hidden_dim=8)
+    x = np.zeros(shape, "float32")
+    assert_value_error(lambda: call_numpy(layer, (x,), {}), "images", shape)
+
+
+def test_patch_and_grid_sizes_accept_numpy_integers():
+    layer = make("PatchEmbedding", patch_size=np.int64(4), hidden_dim=np.int32(8))
+    assert layer.patch_size == (4, 4) and type(layer.patch_size[0]) is int
+    assert type(layer.hidden_dim) is int
+    grid = make("SinCosPositionEncoding2D", grid_size=[np.int32(2), 3]).grid_size
+    assert grid == (2, 3) and type(grid[0]) is int
+
+
 # ----------------------------------------------------------------------------
 # ClassToken
 # ----------------------------------------------------------------------------
@@ -387,6 +414,12 @@ def test_class_token_is_prepended():
     for b in range(B):
         np.testing.assert_allclose(out[b, 0], token, atol=0)
     np.testing.assert_allclose(out[:, 1:], x, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(B, 8), (B, 2, 4, 8)])
+def test_class_token_requires_rank_3(shape):
+    x = np.zeros(shape, "float32")
+    assert_value_error(lambda: call_numpy(make("ClassToken"), (x,), {}), "tokens", shape)
 
 
 # ----------------------------------------------------------------------------
@@ -428,6 +461,17 @@ BAD_CONSTRUCTORS = [
     ("patch_tuple_neg", lambda: make("PatchEmbedding", patch_size=(4, -2), hidden_dim=8), -2),
     ("patch_hidden_0", lambda: make("PatchEmbedding", patch_size=4, hidden_dim=0), 0),
     ("patch_hidden_neg", lambda: make("PatchEmbedding", patch_size=4, hidden_dim=-9), -9),
+    ("patch_float", lambda: make("PatchEmbedding", patch_size=4.0, hidden_dim=8), 4.0),
+    ("patch_triple", lambda: make("PatchEmbedding", patch_size=(4, 4, 4), hidden_dim=8),
+     (4, 4, 4)),
+    ("patch_str", lambda: make("PatchEmbedding", patch_size="4", hidden_dim=8), "patch_size"),
+    ("sincos_grid_float", lambda: make("SinCosPositionEncoding2D", grid_size=2.0), 2.0),
+    ("sincos_grid_float_pair",
+     lambda: make("SinCosPositionEncoding2D", grid_size=(2, 2.5)), "grid_size"),
+    ("sincos_grid_triple",
+     lambda: make("SinCosPositionEncoding2D", grid_size=(2, 2, 2)), (2, 2, 2)),
+    ("sincos_temperature_inf",
+     lambda: make("SinCosPositionEncoding2D", grid_size=2, temperature=float("inf")), "inf"),
 ]
 
 

@@ -12,11 +12,19 @@ import keras
 from keras import ops
 
 from keras_vit.layers.masking import any_valid_key, masked_softmax, merge_masks
-from keras_vit.layers.validation import check_positive_float, check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_attention_inputs,
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+)
 
 
 class _AttentionPooling(keras.layers.Layer):
     """Shared body: mask, softmax in float32, dropout, weighted sum of values."""
+
+    # Whether `score` needs queries and keys of one feature size.
+    same_query_key_features = False
 
     def __init__(self, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -27,9 +35,15 @@ class _AttentionPooling(keras.layers.Layer):
         """Attention scores `(B, Tq, Tk)` for queries `(B, Tq, Dq)` and keys `(B, Tk, Dk)`."""
         raise NotImplementedError
 
+    def check_inputs(self, query, value, key, attention_mask=None, valid_lens=None):
+        """ValueError naming the argument when static shapes do not fit (see validation.py)."""
+        check_attention_inputs(query, value, key, attention_mask, valid_lens,
+                               same_query_key_features=self.same_query_key_features)
+
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
              use_causal_mask=False, return_attention_scores=False, training=None):
         key = value if key is None else key
+        self.check_inputs(query, value, key, attention_mask, valid_lens)
         mask = merge_masks(ops.shape(query)[1], ops.shape(key)[1], attention_mask,
                            valid_lens, use_causal_mask)
         weights = masked_softmax(self.score(query, key), mask)
@@ -43,8 +57,9 @@ class _AttentionPooling(keras.layers.Layer):
         return tuple(query_shape[:-1]) + (value_shape[-1],)
 
     def compute_output_spec(self, query, value, key=None, return_attention_scores=False,
-                            **kwargs):
+                            attention_mask=None, valid_lens=None, **kwargs):
         key = value if key is None else key
+        self.check_inputs(query, value, key, attention_mask, valid_lens)
         output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape),
                                    dtype=self.compute_dtype)
         if not return_attention_scores:
@@ -66,12 +81,14 @@ class NadarayaWatsonAttention(_AttentionPooling):
     bandwidth `1/w` weighs each key `x_i` by its distance to the query `x`.
     With `w` fixed at 1 this is the non-parametric estimator; with
     `trainable_bandwidth=True` it is the parametric one, learning `w`.
-    Queries and keys are vectors `(B, T, D)`; use `D = 1` for scalars.
+    Queries and keys are vectors `(B, T, D)` of one size `D`; use `D = 1` for scalars.
 
     Args:
         trainable_bandwidth: bool. Whether `w` is learned. Defaults to `False`.
         initial_bandwidth: float > 0. Initial (or fixed) value of `w`.
             Defaults to `1.0`.
+        dropout: float in [0, 1). Dropout on the attention weights during
+            training. Defaults to `0.0`.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -84,8 +101,10 @@ class NadarayaWatsonAttention(_AttentionPooling):
         Nadaraya (1964); Watson (1964); Zhang et al., Dive into Deep Learning, 11.2.
     """
 
-    def __init__(self, trainable_bandwidth=False, initial_bandwidth=1.0, **kwargs):
-        super().__init__(**kwargs)
+    same_query_key_features = True
+
+    def __init__(self, trainable_bandwidth=False, initial_bandwidth=1.0, dropout=0.0, **kwargs):
+        super().__init__(dropout=dropout, **kwargs)
         self.trainable_bandwidth = bool(trainable_bandwidth)
         self.initial_bandwidth = check_positive_float("initial_bandwidth", initial_bandwidth)
 
@@ -109,7 +128,6 @@ class NadarayaWatsonAttention(_AttentionPooling):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("dropout")
         config.update({"trainable_bandwidth": self.trainable_bandwidth,
                        "initial_bandwidth": self.initial_bandwidth})
         return config
@@ -142,8 +160,8 @@ class AdditiveAttention(_AttentionPooling):
         super().__init__(dropout=dropout, **kwargs)
         self.units = check_positive_int("units", units)
         dense = dict(use_bias=False, dtype=self.dtype_policy)
-        self.query_dense = keras.layers.Dense(units, name="query_dense", **dense)
-        self.key_dense = keras.layers.Dense(units, name="key_dense", **dense)
+        self.query_dense = keras.layers.Dense(self.units, name="query_dense", **dense)
+        self.key_dense = keras.layers.Dense(self.units, name="key_dense", **dense)
         self.score_dense = keras.layers.Dense(1, name="score_dense", **dense)
 
     def build(self, query_shape, value_shape, key_shape=None):
@@ -186,6 +204,8 @@ class ScaledDotProductAttention(_AttentionPooling):
         Vaswani et al., "Attention Is All You Need", 2017.
     """
 
+    same_query_key_features = True
+
     def score(self, query, key):
         scale = 1.0 / math.sqrt(query.shape[-1])
         return ops.matmul(query * ops.cast(scale, query.dtype), ops.swapaxes(key, -1, -2))
@@ -193,6 +213,7 @@ class ScaledDotProductAttention(_AttentionPooling):
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
              use_causal_mask=False, return_attention_scores=False, training=None):
         key = value if key is None else key
+        self.check_inputs(query, value, key, attention_mask, valid_lens)
         fused = (not return_attention_scores and not (self.dropout > 0 and training)
                  and fused_attention_supports(key.shape[-1], value.shape[-1], self.compute_dtype))
         if not fused:

@@ -6,7 +6,13 @@ from keras import ops
 from keras_vit.layers.activations import faster_equivalent
 from keras_vit.layers.bias import add_bias
 from keras_vit.layers.normalization import LayerNormalization
-from keras_vit.layers.validation import check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_activation,
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+    check_same_shape,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -28,7 +34,7 @@ class PositionWiseFeedForward(keras.layers.Layer):
     def __init__(self, hidden_dim, activation="gelu", dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
-        self.activation = keras.activations.get(activation)
+        self.activation = check_activation("activation", activation)
         self.dropout = check_rate("dropout", dropout)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
@@ -81,7 +87,7 @@ class AddNorm(keras.layers.Layer):
 
     Args:
         dropout: float in [0, 1). Dropout on `y`, in training.
-        epsilon: float. Layer-norm epsilon. Defaults to `1e-6`.
+        epsilon: float > 0. Layer-norm epsilon. Defaults to `1e-6`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -92,15 +98,18 @@ class AddNorm(keras.layers.Layer):
     def __init__(self, dropout=0.0, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
         self.dropout = check_rate("dropout", dropout)
-        self.epsilon = float(epsilon)
+        self.epsilon = check_positive_float("epsilon", epsilon)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         # Keras' layer (statistics in float32 under mixed precision), written-out gradient.
         self.norm = LayerNormalization(epsilon=self.epsilon, name="norm", dtype=self.dtype_policy)
 
     def build(self, x_shape, y_shape=None):
+        if y_shape is not None:
+            check_same_shape("y", y_shape, "x", x_shape)
         self.norm.build(x_shape)
 
     def call(self, x, y, training=None):
+        check_same_shape("y", y.shape, "x", x.shape)
         return self.norm(x + self.dropout_layer(y, training=training))
 
     def compute_output_shape(self, x_shape, y_shape=None):

@@ -25,7 +25,7 @@ def _valid_lens_mask(valid_lens, query_length, key_length):
 
 def causal_mask(query_length, key_length, offset=0):
     """Boolean `(1, Tq, Tk)` mask letting query `i` see keys `j <= i + offset`."""
-    rows = ops.arange(query_length, dtype="int32")[:, None] + offset
+    rows = ops.arange(query_length, dtype="int32")[:, None] + ops.cast(offset, "int32")
     cols = ops.arange(key_length, dtype="int32")[None, :]
     return ops.expand_dims(ops.greater_equal(rows, cols), 0)
 

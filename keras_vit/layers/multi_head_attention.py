@@ -8,7 +8,14 @@ from keras import ops
 from keras_vit.layers.attention import fused_attention, fused_attention_supports
 from keras_vit.layers.masking import causal_mask, masked_softmax, merge_masks
 from keras_vit.layers.updates import write_slice
-from keras_vit.layers.validation import check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_attention_inputs,
+    check_broadcastable,
+    check_cache_index,
+    check_positive_int,
+    check_rate,
+    static_shape,
+)
 
 
 def dense_matrix(layer, dtype, scale=None):
@@ -86,7 +93,7 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError("`key_dim` is required: the size of each attention head; "
                              "received key_dim=None")
         self.key_dim = check_positive_int("key_dim", key_dim)
-        self.value_dim = (key_dim if value_dim is None
+        self.value_dim = (self.key_dim if value_dim is None
                           else check_positive_int("value_dim", value_dim))
         self.dropout = check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
@@ -195,6 +202,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def call(self, query, value, key=None, attention_mask=None, valid_lens=None,
              use_causal_mask=False, return_attention_scores=False, training=None):
         key = value if key is None else key
+        check_attention_inputs(query, value, key, attention_mask, valid_lens)
         mask = merge_masks(ops.shape(query)[1], ops.shape(key)[1], attention_mask,
                            valid_lens, use_causal_mask)
         output, weights = self.attend(self.project(self.query_dense, query, self.query_scale),
@@ -229,11 +237,17 @@ class MultiHeadAttention(keras.layers.Layer):
         Args:
             query: `(B, s, D)` new decoder inputs.
             cache: `(B, 2, max_length, H, key_dim)` from `init_cache` or a previous step.
-            cache_update_index: int or scalar tensor. Position of `query[:, 0]`.
+            cache_update_index: int or scalar tensor. Position of `query[:, 0]`;
+                an int must leave room for the steps (`index + s <= max_length`).
             attention_mask: optional extra boolean mask `(B, s, max_length)`.
             return_attention_scores: bool. Also return the weights.
             training: bool. Enables dropout.
         """
+        check_cache_index(cache_update_index, query.shape[1], cache.shape[2])
+        if attention_mask is not None:
+            check_broadcastable("attention_mask", static_shape(attention_mask),
+                                (query.shape[0], query.shape[1], cache.shape[2]),
+                                "(batch, steps, max_length)")
         steps = ops.shape(query)[1]
         max_length = ops.shape(cache)[2]
         new_kv = ops.stack([self.project(self.key_dense, query),
@@ -255,8 +269,9 @@ class MultiHeadAttention(keras.layers.Layer):
         return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
 
     def compute_output_spec(self, query, value, key=None, return_attention_scores=False,
-                            **kwargs):
+                            attention_mask=None, valid_lens=None, **kwargs):
         key = value if key is None else key
+        check_attention_inputs(query, value, key, attention_mask, valid_lens)
         output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape, key.shape),
                                    dtype=self.compute_dtype)
         if not return_attention_scores:

@@ -3,14 +3,7 @@
 import keras
 from keras import ops
 
-from keras_vit.layers.validation import check_positive_int
-
-
-def _pair(name, value):
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"`{name}` must be an int or (height, width); received {value!r}")
-    return tuple(check_positive_int(name, v) for v in pair)
+from keras_vit.layers.validation import check_pair, check_positive_int, check_rank
 
 
 @keras.saving.register_keras_serializable(package="keras_vit")
@@ -36,7 +29,7 @@ class PatchEmbedding(keras.layers.Layer):
 
     def __init__(self, patch_size, hidden_dim, **kwargs):
         super().__init__(**kwargs)
-        self.patch_size = _pair("patch_size", patch_size)
+        self.patch_size = check_pair("patch_size", patch_size)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         self.projection = keras.layers.Conv2D(self.hidden_dim, self.patch_size,
                                               strides=self.patch_size, padding="valid",
@@ -54,11 +47,19 @@ class PatchEmbedding(keras.layers.Layer):
         return height // self.patch_size[0], width // self.patch_size[1]
 
     def build(self, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError("PatchEmbedding expects images (batch, height, width, channels); "
-                             f"received shape {tuple(input_shape)}")
+        check_rank("images", input_shape, 4, "(batch, height, width, channels)")
         self.grid = self.grid_size(input_shape)
+        self.image_shape = tuple(input_shape[1:])
         self.projection.build(input_shape)
+
+    def _check_image_shape(self, shape):
+        """Images of another (static) size than the layer was built for would be misread."""
+        check_rank("images", shape, 4, "(batch, height, width, channels)")
+        if any(got is not None and got != built
+               for got, built in zip(tuple(shape[1:]), self.image_shape)):
+            raise ValueError("`images` must have (height, width, channels) = "
+                             f"{self.image_shape}, the size this PatchEmbedding was built for; "
+                             f"received shape {tuple(shape)}")
 
     def call(self, images):
         """`self.projection(images)` as tokens, computed as one matmul of the patches' pixels.
@@ -73,6 +74,7 @@ class PatchEmbedding(keras.layers.Layer):
         bfloat16 graph, float32 and inference unchanged (benchmarks/README.md,
         `vit`).
         """
+        self._check_image_shape(images.shape)
         (patch_h, patch_w), (rows, cols) = self.patch_size, self.grid
         channels = images.shape[-1]
         pixels = patch_h * patch_w * channels
@@ -87,6 +89,8 @@ class PatchEmbedding(keras.layers.Layer):
         return ops.reshape(tokens, (-1, rows * cols, self.hidden_dim))
 
     def compute_output_shape(self, input_shape):
+        if self.built:
+            self._check_image_shape(input_shape)
         rows, cols = self.grid_size(input_shape)
         return (input_shape[0], rows * cols, self.hidden_dim)
 
@@ -113,15 +117,18 @@ class ClassToken(keras.layers.Layer):
         self.initializer = keras.initializers.get(initializer)
 
     def build(self, input_shape):
+        check_rank("tokens", input_shape, 3)
         self.token = self.add_weight(name="token", shape=(1, 1, input_shape[-1]),
                                      initializer=self.initializer)
 
     def call(self, tokens):
+        check_rank("tokens", tokens.shape, 3)
         batch = ops.shape(tokens)[0]
         token = ops.broadcast_to(ops.cast(self.token, tokens.dtype), (batch, 1, tokens.shape[-1]))
         return ops.concatenate([token, tokens], axis=1)
 
     def compute_output_shape(self, input_shape):
+        check_rank("tokens", input_shape, 3)
         length = None if input_shape[1] is None else input_shape[1] + 1
         return (input_shape[0], length, input_shape[-1])
 

@@ -4,7 +4,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vit.layers.validation import check_positive_float, check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_pair,
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+)
 
 
 def sinusoidal_table(length, dim, base=10000.0):
@@ -124,10 +129,7 @@ class SinCosPositionEncoding2D(keras.layers.Layer):
 
     def __init__(self, grid_size, temperature=10000.0, **kwargs):
         super().__init__(**kwargs)
-        grid = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
-        if len(grid) != 2:
-            raise ValueError(f"`grid_size` must be an int or (rows, cols); received {grid_size!r}")
-        self.grid_size = tuple(check_positive_int("grid_size", g) for g in grid)
+        self.grid_size = check_pair("grid_size", grid_size, "(rows, cols)")
         self.temperature = check_positive_float("temperature", temperature)
 
     def build(self, input_shape):

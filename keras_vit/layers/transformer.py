@@ -5,7 +5,12 @@ import keras
 from keras_vit.layers.feed_forward import DropPath, PositionWiseFeedForward
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
 from keras_vit.layers.normalization import LayerNormalization
-from keras_vit.layers.validation import check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_activation,
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+)
 
 
 def _with_scores(result, return_attention_scores):
@@ -25,8 +30,9 @@ class _TransformerBlock(keras.layers.Layer):
         self.attention_dropout = check_rate("attention_dropout", attention_dropout)
         self.drop_path = check_rate("drop_path", drop_path)
         self.norm_first = bool(norm_first)
+        check_activation("activation", activation)  # an unknown name fails here, not at call
         self.activation = activation
-        self.epsilon = float(epsilon)
+        self.epsilon = check_positive_float("epsilon", epsilon)
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.drop_path_layer = DropPath(self.drop_path, dtype=self.dtype_policy)
 
@@ -88,7 +94,7 @@ class TransformerEncoderBlock(_TransformerBlock):
         drop_path: float in [0, 1). Stochastic-depth rate of both branches.
         norm_first: bool. Pre-norm when `True`. Defaults to `True`.
         activation: MLP activation. Defaults to `"gelu"`.
-        epsilon: float. Layer-norm epsilon. Defaults to `1e-6`.
+        epsilon: float > 0. Layer-norm epsilon. Defaults to `1e-6`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -149,7 +155,7 @@ class TransformerDecoderBlock(_TransformerBlock):
         norm_first: bool. Pre-norm when `True`; post-norm (the original
             Transformer) by default.
         activation: MLP activation. Defaults to `"relu"`.
-        epsilon: float. Layer-norm epsilon. Defaults to `1e-6`.
+        epsilon: float > 0. Layer-norm epsilon. Defaults to `1e-6`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
