@@ -113,6 +113,8 @@ def test_parse_tf_config_names_chief_and_peers():
     ('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 2}}',
      "index 2 is out of range"),
     ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": -1}}', "-1"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": "0"}}',
+     "index '0' must be an integer (a JSON number, not a string)"),
     ('{"cluster": {"worker": ["h"]}, "task": {"type": "worker", "index": 0}}', "'h'"),
     ('{"cluster": {"worker": ["h:99999"]}, "task": {"type": "worker", "index": 0}}', "99999"),
     ('{"cluster": {"ps": ["h:1"]}, "task": {"type": "ps", "index": 0}}', "'ps'"),

@@ -455,15 +455,18 @@ def test_a_diverged_run_exits_1_with_one_line_and_exports_nothing(tmp_path, digi
 
 
 @pytest.mark.slow
-def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_data_dir):
+@pytest.mark.parametrize("restart", [False, True])
+def test_finished_run_is_refused_without_overwrite(cli_run, tmp_path, digits_data_dir, restart):
     run_dir = tmp_path / "run"
     shutil.copytree(cli_run["run_dir"], run_dir)
     before = checksums(run_dir)
-    code, out, err = run_main(cli_run["argv"] + ["--output-dir", str(run_dir)])
+    code, out, err = run_main(cli_run["argv"] + ["--output-dir", str(run_dir)]
+                              + (["--restart"] if restart else []))
     assert code == 2
     line = one_error_line(err)
     assert f"{run_dir} holds a finished run" in line
     assert "--output-dir NEW" in line and "--overwrite" in line
+    assert ("--restart only starts an interrupted run over" in line) == restart
     assert checksums(run_dir) == before and not moved_aside(run_dir)
 
 

@@ -127,8 +127,11 @@ def parse_tf_config(text):
     if task_type not in cluster:
         raise ClusterError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster "
                            f"{sorted(cluster)}")
-    if not isinstance(index, int) or isinstance(index, bool) or not (
-            0 <= index < len(cluster[task_type])):
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ClusterError(f"TF_CONFIG task index {index!r} must be an integer (a JSON "
+                           f"number, not a string): job {task_type!r} has "
+                           f"{len(cluster[task_type])} task(s)")
+    if not 0 <= index < len(cluster[task_type]):
         raise ClusterError(
             f"TF_CONFIG task index {index!r} is out of range: job {task_type!r} has "
             f"{len(cluster[task_type])} task(s), indices 0..{len(cluster[task_type]) - 1}")

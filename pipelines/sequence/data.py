@@ -84,9 +84,19 @@ def check_image_size_source(source, image_size):
                          "read at its own size")
 
 
+def _looks_like_a_path(source):
+    """`/data/x`, `./x`, `~/x`, or `a/b` where `a` is an existing folder: not a tfds name
+    (those are `name[/config][:version]`)."""
+    first = source.split("/", 1)[0]
+    return source.startswith(("/", ".", "~")) or ("/" in source and os.path.isdir(first))
+
+
 def read_source(source, *, image_size=None, data_dir=None, offline=False, seed=0):
     """The source's `RawSplits` (all file and image checks done)."""
     check_image_size_source(source, image_size)
+    if not is_folder_source(source) and _looks_like_a_path(source):
+        raise ValueError(f"--dataset {source!r}: no such folder (a folder of images with "
+                         "labels.csv, or a tfds dataset name)")
     if is_folder_source(source):
         return read_folder(source.removeprefix(FOLDER_PREFIX), image_size, seed)
     return read_tfds(source, data_dir, offline, seed)

@@ -207,11 +207,15 @@ def plan_run_dir(config, options=None):
     state = run_state(run_dir)
     if state == "new":
         return "new"
-    if config.overwrite or config.restart:
+    if config.overwrite:
         return "replace"
-    if state == "finished":
+    if state == "finished":  # --restart is for an interrupted run: a finished one needs --overwrite
+        restart = " (--restart only starts an interrupted run over)" if config.restart else ""
         raise ValueError(f"{run_dir} holds a finished run; pass --output-dir NEW for a new "
-                         f"run, or --overwrite to move it aside to {run_dir}.old-<time>")
+                         f"run, or --overwrite to move it aside to {run_dir}.old-<time>"
+                         + restart)
+    if config.restart:
+        return "replace"
     changed = changed_options(run_dir, config, options)
     if changed:
         listed = ", ".join(f"{_flag(name)} {now!r} (run: {saved!r})"
