@@ -18,6 +18,7 @@ Example:
 """
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -29,6 +30,9 @@ ADDRESS = re.compile(r"^(grpc://)?(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>
 #: distribution strategy then shards it); "distributed_epoch": the service
 #: splits one epoch between trainers (each example once).
 PROCESSING_MODES = ("parallel_epochs", "distributed_epoch")
+#: Seconds a trainer waits for the dispatcher to answer before giving up (a
+#: trainer that reads from a dispatcher that is not there would wait forever).
+DISPATCHER_TIMEOUT_S = 20
 
 
 def check_address(address, flag="--data-service"):
@@ -43,6 +47,47 @@ def check_address(address, flag="--data-service"):
         raise ValueError(f"{flag} {address!r}: expected grpc://HOST:PORT with a port in "
                          "1..65535")
     return f"grpc://{match['host']}:{match['port']}"
+
+
+def _dispatcher_ready(address, timeout):
+    """Whether a gRPC server answers at `address` (`grpc://HOST:PORT`) within `timeout` s."""
+    import grpc
+
+    channel = grpc.insecure_channel(address[len("grpc://"):])
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
+
+def check_dispatcher(service, timeout=None, flag="--data-service"):
+    """Validates the address and checks a dispatcher answers there; returns the address.
+
+    Reading from a tf.data service whose dispatcher does not answer blocks
+    forever inside TensorFlow; this fails within `timeout` seconds instead.
+
+    Args:
+        service: `[grpc://]HOST:PORT`.
+        timeout: seconds to wait; None: `DISPATCHER_TIMEOUT_S`.
+        flag: the flag named in the messages.
+
+    Raises:
+        ValueError: a malformed address, or nothing answers in time.
+
+    Example:
+        >>> check_dispatcher("localhost:5000")
+        'grpc://localhost:5000'
+    """
+    service = check_address(service, flag)
+    timeout = DISPATCHER_TIMEOUT_S if timeout is None else timeout
+    if not _dispatcher_ready(service, timeout):
+        raise ValueError(f"{flag}: tf.data service dispatcher at {service} is not reachable "
+                         f"after {timeout:g} s: start it with `keras-vit data-service "
+                         "dispatcher --port PORT` (and workers), or check the host and port")
+    return service
 
 
 def distribute_through_service(dataset, service, *, processing_mode="parallel_epochs",
@@ -62,7 +107,8 @@ def distribute_through_service(dataset, service, *, processing_mode="parallel_ep
         loop still knows its steps per epoch.
 
     Raises:
-        ValueError: a malformed address or mode.
+        ValueError: a malformed address or mode, or no dispatcher answers at
+            `service` within `DISPATCHER_TIMEOUT_S` seconds.
 
     Example:
         >>> ds = distribute_through_service(ds, "grpc://dispatcher:5000")
@@ -73,6 +119,7 @@ def distribute_through_service(dataset, service, *, processing_mode="parallel_ep
     if processing_mode not in PROCESSING_MODES:
         raise ValueError(f"processing_mode={processing_mode!r}: expected one of "
                          f"{PROCESSING_MODES}")
+    check_dispatcher(service)
     cardinality = dataset.cardinality()
     remote = dataset.apply(tf.data.experimental.service.distribute(
         processing_mode=processing_mode, service=service, job_name=job_name))
@@ -94,11 +141,50 @@ def start_dispatcher(port, work_dir=None):
         >>> server.target
         'grpc://localhost:5000'
     """
+    if work_dir is not None:
+        check_work_dir(work_dir)  # before TensorFlow fails on it with a traceback
     import tensorflow as tf
 
     config = tf.data.experimental.service.DispatcherConfig(
         port=port, work_dir=work_dir, fault_tolerant_mode=work_dir is not None)
     return tf.data.experimental.service.DispatchServer(config)
+
+
+def check_work_dir(work_dir):
+    """Creates the dispatcher's journal folder if needed and checks it takes files.
+
+    Remote file systems (`gs://...`) are left to TensorFlow.
+
+    Raises:
+        ValueError: the folder cannot be created or written, naming it.
+    """
+    if "://" in work_dir:
+        return
+    probe = os.path.join(work_dir, f".keras-vit-write-check-{os.getpid()}")
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValueError(f"--work-dir {work_dir!r}: cannot create or write the journal folder "
+                         f"({reason}): expected a writable folder") from None
+
+
+def wait_for_dispatcher(dispatcher, log, poll_s=1.0):
+    """Returns once a dispatcher answers at `dispatcher`; says once that it waits.
+
+    Waiting here (in Python, interruptible) rather than inside TensorFlow's
+    worker start-up, which blocks silently until the dispatcher is there.
+    """
+    service = check_address(dispatcher, "--dispatcher")
+    if _dispatcher_ready(service, poll_s):
+        return
+    log(f"waiting for the tf.data service dispatcher at {service} (not reachable yet; "
+        "Ctrl-C to stop)")
+    while not _dispatcher_ready(service, poll_s):
+        pass
 
 
 def start_worker(dispatcher, port=0, worker_address=None):
@@ -148,12 +234,16 @@ def main(argv=None):
             server = start_dispatcher(args.port, args.work_dir)
             print(f"tf.data service dispatcher at {server.target}", flush=True)
         else:
+            wait_for_dispatcher(args.dispatcher,
+                                lambda line: print(line, file=sys.stderr, flush=True))
             server = start_worker(args.dispatcher, args.port, args.worker_address)
             print(f"tf.data service worker at {server._address} for "
                   f"{args.dispatcher}", flush=True)
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while the worker waits for its dispatcher
+        return 130
     # SIGTERM (docker stop, kubectl delete) ends the process like Ctrl-C. Waiting in
     # Python, not in server.join() (C++), lets the signal handlers run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

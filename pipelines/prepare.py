@@ -64,9 +64,13 @@ def prepare(source, out_dir, *, shards=4, image_size=None, data_dir=None, offlin
     if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
         raise ValueError(f"--shards {shards!r}: expected an integer >= 1")
     out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"output folder {out_dir!r} is a file, not a folder: expected a new "
+                         "folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ValueError(f"output folder {out_dir!r} exists and is not empty: expected a new "
                          "folder")
+    _check_can_create(out_dir)
     info, examples = _source_examples(source, image_size, data_dir, offline,
                                       validation_fraction, seed, on_bad_image)
     partial = out_dir.rstrip("/") + ".partial"
@@ -89,6 +93,19 @@ def prepare(source, out_dir, *, shards=4, image_size=None, data_dir=None, offlin
         os.rmdir(out_dir)  # empty, checked above
     os.rename(partial, out_dir)
     return metadata
+
+
+def _check_can_create(out_dir):
+    """The output folder's nearest existing ancestor must be a writable folder."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"output folder {out_dir!r} cannot be created: {parent!r} is a file, "
+                         "not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {out_dir!r} cannot be created: {parent!r} is not "
+                         "writable")
 
 
 def _source_examples(source, image_size, data_dir, offline, validation_fraction, seed,
@@ -210,6 +227,11 @@ def main(argv=None):
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    files = {split: len(part["files"]) for split, part in metadata["splits"].items()}
+    if any(n < args.shards for n in files.values()):
+        written = ", ".join(f"{split} {n}" for split, n in files.items())
+        print(f"note: --shards {args.shards}, but files written per split: {written} (a split "
+              "with fewer images than shards gets one file per image)", flush=True)
     counts = ", ".join(f"{s} {v['count']}" for s, v in metadata["splits"].items())
     print(f"wrote {args.out}: {counts} images of shape {tuple(metadata['image_shape'])}, "
           f"{len(metadata['class_names'])} classes")

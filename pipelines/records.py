@@ -73,8 +73,10 @@ def read_metadata(path):
         dict with name, image_shape, class_names, splits (split -> count and files).
 
     Raises:
-        ValueError: no metadata, another format, or a listed file that is missing
-            or has another size than when it was written (truncated), naming it.
+        ValueError: a missing folder, no metadata, another format, a field that
+            is missing or of the wrong type (`check_metadata`), or a listed file
+            that is missing or has another size than when it was written
+            (truncated), naming it.
 
     Example:
         >>> read_metadata("/data/digits-records")["splits"]["train"]["count"]
@@ -82,22 +84,104 @@ def read_metadata(path):
     """
     path = os.fspath(path)
     metadata_path = os.path.join(path, METADATA)
+    expected = "expected a folder written by `keras-vit prepare SOURCE OUT`"
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"records folder {path!r} does not exist: {expected}")
+    if not tf.io.gfile.isdir(path):
+        raise ValueError(f"records folder {path!r} is a file, not a folder: {expected}")
     if not tf.io.gfile.exists(metadata_path):
-        raise ValueError(f"{path!r} holds no {METADATA}: expected a folder written by "
-                         "`keras-vit prepare SOURCE OUT`")
+        raise ValueError(f"{path!r} holds no {METADATA}: {expected}")
     with tf.io.gfile.GFile(metadata_path) as handle:
         try:
             metadata = json.load(handle)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{metadata_path!r} is not valid JSON: {err}") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{metadata_path!r}: expected a JSON object, found "
+                         f"{type(metadata).__name__}")
     if metadata.get("format") != FORMAT or metadata.get("version") != FORMAT_VERSION:
         raise ValueError(f"{metadata_path!r}: expected format {FORMAT!r} version "
                          f"{FORMAT_VERSION}, found {metadata.get('format')!r} version "
                          f"{metadata.get('version')!r}")
+    check_metadata(metadata, metadata_path)
     for split in SPLITS:
         for entry in metadata["splits"][split]["files"]:
             _check_file(os.path.join(path, entry["name"]), entry["bytes"])
     return metadata
+
+
+def _is_count(value, minimum=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_metadata(metadata, where=METADATA):
+    """Checks the fields of a parsed `metadata.json` that the reader relies on.
+
+    Args:
+        metadata: the parsed JSON object.
+        where: the file, for the message.
+
+    Raises:
+        ValueError: one line naming `where`, the field and what is expected.
+
+    Example:
+        >>> check_metadata({"name": "x", "image_shape": "abc", ...}, "OUT/metadata.json")
+        ValueError: 'OUT/metadata.json': field 'image_shape' is 'abc': expected
+        [height, width, channels] positive integers
+    """
+
+    def fail(field, what):
+        value = metadata
+        for key in field.split("."):
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+            if value is _MISSING:
+                break
+        found = "is missing" if value is _MISSING else f"is {value!r}"[:200]
+        raise ValueError(f"{where!r}: field {field!r} {found}: expected {what}")
+
+    if not isinstance(metadata.get("name"), str):
+        fail("name", "the dataset name, a string")
+    shape = metadata.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(_is_count(n, 1) for n in shape)):
+        fail("image_shape", "[height, width, channels] positive integers")
+    names = metadata.get("class_names")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+            and len(set(names)) == len(names)):
+        fail("class_names", "a non-empty list of distinct class-name strings")
+    splits = metadata.get("splits")
+    if not isinstance(splits, dict):
+        fail("splits", f"an object with the splits {list(SPLITS)}")
+    for split in SPLITS:
+        if not isinstance(splits.get(split), dict):
+            fail(f"splits.{split}", "an object with 'count' and 'files'")
+        part = splits[split]
+        if not _is_count(part.get("count")):
+            fail(f"splits.{split}.count", "a non-negative integer (the split's images)")
+        files = part.get("files")
+        if not isinstance(files, list):
+            fail(f"splits.{split}.files", "a list of {name, records, bytes} objects")
+        for index, entry in enumerate(files):
+            field = f"splits.{split}.files[{index}]"
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                    and entry["name"] and os.path.basename(entry["name"]) == entry["name"]
+                    and _is_count(entry.get("records")) and _is_count(entry.get("bytes"))):
+                raise ValueError(f"{where!r}: field {field} is {entry!r}"[:300] + ": expected "
+                                 "{name: a file name in the folder, records: a non-negative "
+                                 "integer, bytes: a non-negative integer}")
+        total = sum(entry["records"] for entry in files)
+        if total != part["count"]:
+            raise ValueError(f"{where!r}: field 'splits.{split}.count' is {part['count']}, "
+                             f"but its files hold {total} records: expected the sum of the "
+                             "files' records")
+    optional = {"split_origins": (dict, "an object"), "conversions": (str, "a string"),
+                "skipped_files": (list, "a list of file names")}
+    for field, (kind, what) in optional.items():
+        if field in metadata and not isinstance(metadata[field], kind):
+            fail(field, what)
+
+
+_MISSING = object()
 
 
 def _check_file(filename, expected_bytes):

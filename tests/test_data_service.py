@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.data_service import check_address, distribute_through_service
+from pipelines import data_service
+from pipelines.data_service import check_address, check_dispatcher, distribute_through_service
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +46,84 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_no_dispatcher_fails_within_the_time_limit(monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(data_service, "DISPATCHER_TIMEOUT_S", 1)
+    address = f"grpc://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=f"--data-service: tf.data service dispatcher at "
+                                         f"{address} is not reachable after 1 s"):
+        distribute_through_service(tf.data.Dataset.range(3), address)
+    assert time.monotonic() - start < 10
+    with pytest.raises(ValueError, match="is not reachable after 0.5 s"):
+        check_dispatcher(address[len("grpc://"):], timeout=0.5)
+
+
+def test_train_with_no_dispatcher_is_one_line_before_training(monkeypatch, tmp_path, capsys,
+                                                             digits_data_dir):
+    """`keras-vit train --data-service` with nothing listening: one error line, exit 2,
+    no run folder (was: a hang after the model was built)."""
+    import keras
+
+    from pipelines.train import main
+
+    monkeypatch.setattr(data_service, "DISPATCHER_TIMEOUT_S", 1)
+    address = f"grpc://127.0.0.1:{free_port()}"
+    policy = keras.config.dtype_policy()
+    start = time.monotonic()
+    try:
+        code = main(["--data-service", address, "--epochs", "1", "--batch-size", "128",
+                     "--variant", "Ti/2", "--hidden-dim", "16", "--depth", "1", "--num-heads",
+                     "2", "--mlp-dim", "32", "--precision", "float32", "--verbose", "0",
+                     "--data-dir", digits_data_dir, "--no-export", "--no-baseline",
+                     "--output-dir", str(tmp_path / "run")])
+    finally:
+        keras.config.set_dtype_policy(policy)
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1, captured.err[-2000:]
+    assert errors[0].startswith("keras-vit train: error: ")
+    assert f"dispatcher at {address} is not reachable after 1 s" in errors[0]
+    assert "model" not in captured.out
+    assert not (tmp_path / "run").exists()
+    assert time.monotonic() - start < 60
+
+
+def test_dispatcher_work_dir_that_cannot_be_created(tmp_path, capsys):
+    """`dispatcher --work-dir` under /proc or a file: one line, exit 2 (was a
+    RuntimeError traceback from TensorFlow)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for work_dir in ("/proc/nope", str(afile / "journal")):
+        assert data_service.main(["dispatcher", "--port", str(free_port()),
+                                  "--work-dir", work_dir]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"keras-vit data-service: error: --work-dir {work_dir!r}: cannot "
+                              "create or write the journal folder"), err
+        assert len(err.splitlines()) == 1
+    assert not os.path.exists("/proc/nope") and os.listdir(tmp_path) == ["afile"]
+
+
+def test_worker_says_it_waits_for_its_dispatcher(tmp_path):
+    """`worker --dispatcher` with no dispatcher there: one line saying it waits (was
+    silent), then it registers once the dispatcher comes up."""
+    port = free_port()
+    worker = start("data-service", "worker", "--dispatcher", f"127.0.0.1:{port}",
+                   "--port", 0)
+    dispatcher = None
+    try:
+        wait_for_line(worker, f"waiting for the tf.data service dispatcher at "
+                              f"grpc://127.0.0.1:{port}", timeout=120)
+        dispatcher = start_dispatcher(port, tmp_path / "journal")
+        wait_for_line(worker, "tf.data service worker at localhost:", timeout=120)
+    finally:
+        for process in (worker, dispatcher):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
 
 
 def start(*args):

@@ -182,3 +182,135 @@ def test_keras_vit_prepare_then_train_from_records(digits_data_dir, tmp_path, ca
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dataset"] == "uci_digits" and metrics["replicas"] == 1
     assert (tmp_path / "export" / "vit_records" / "1" / "saved_model.pb").exists()
+
+
+def _metadata_of(out):
+    return json.loads((out / records.METADATA).read_text())
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m.pop("class_names"),
+     "field 'class_names' is missing: expected a non-empty list of distinct class-name strings"),
+    (lambda m: m.update(class_names=["cat", "cat", "fox"]),
+     "field 'class_names' is ['cat', 'cat', 'fox']: expected a non-empty list of distinct"),
+    (lambda m: m.update(class_names=[]), "field 'class_names' is []: expected a non-empty"),
+    (lambda m: m.update(image_shape="abc"),
+     "field 'image_shape' is 'abc': expected [height, width, channels] positive integers"),
+    (lambda m: m.update(image_shape=[8, 0, 3]), "field 'image_shape' is [8, 0, 3]: expected"),
+    (lambda m: m.update(image_shape=[8, 6]), "field 'image_shape' is [8, 6]: expected"),
+    (lambda m: m.pop("name"), "field 'name' is missing: expected the dataset name"),
+    (lambda m: m.pop("splits"), "field 'splits' is missing: expected an object with the splits"),
+    (lambda m: m["splits"].pop("test"), "field 'splits.test' is missing: expected an object"),
+    (lambda m: m["splits"]["train"].update(count=-1),
+     "field 'splits.train.count' is -1: expected a non-negative integer"),
+    (lambda m: m["splits"]["train"].update(count="17"),
+     "field 'splits.train.count' is '17': expected a non-negative integer"),
+    (lambda m: m["splits"]["train"].update(count=5),
+     "field 'splits.train.count' is 5, but its files hold"),
+    (lambda m: m["splits"]["validation"].update(files="all"),
+     "field 'splits.validation.files' is 'all': expected a list of"),
+    (lambda m: m["splits"]["test"]["files"][0].pop("bytes"),
+     "field splits.test.files[0] is {"),
+    (lambda m: m["splits"]["test"]["files"][0].update(name="../../etc/passwd"),
+     "field splits.test.files[0] is {"),
+    (lambda m: m.update(skipped_files="none"), "field 'skipped_files' is 'none': expected a list"),
+])
+def test_bad_metadata_fields_are_one_line_naming_file_and_field(image_folder, tmp_path, capsys,
+                                                                 change, needle):
+    """A hand-edited or foreign metadata.json: one ValueError naming the file and the
+    field (was a KeyError or TypeError traceback), from the reader and `keras-vit train`."""
+    out = tmp_path / "records"
+    prepared(image_folder, out, "--shards", 2)
+    metadata = _metadata_of(out)
+    change(metadata)
+    (out / records.METADATA).write_text(json.dumps(metadata))
+    path = str(out / records.METADATA)
+    with pytest.raises(ValueError) as raised:
+        records.tfrecord_datasets(out, batch_size=4)
+    message = str(raised.value)
+    assert message.startswith(f"{path!r}: ") and needle in message, message
+    assert "\n" not in message
+
+
+def test_metadata_that_is_not_an_object_or_not_json(image_folder, tmp_path):
+    out = tmp_path / "records"
+    prepared(image_folder, out, "--shards", 1)
+    (out / records.METADATA).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="metadata.json': expected a JSON object, found list"):
+        records.read_metadata(out)
+    (out / records.METADATA).write_bytes(b"\xff\xfe{")
+    with pytest.raises(ValueError, match="metadata.json' is not valid JSON"):
+        records.read_metadata(out)
+
+
+def test_records_path_that_is_missing_or_a_file(tmp_path):
+    missing = tmp_path / "missing"
+    with pytest.raises(ValueError, match=f"records folder '{missing}' does not exist: expected "
+                                         "a folder written by `keras-vit prepare"):
+        records.read_metadata(missing)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match=f"records folder '{afile}' is a file, not a folder"):
+        records.read_metadata(afile)
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def run_train(argv, capsys):
+    """`keras-vit train` in this process: (exit code, stderr lines)."""
+    from pipelines.train import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err.splitlines()
+
+
+TINY = ["--variant", "Ti/2", "--hidden-dim", "16", "--depth", "1", "--num-heads", "2",
+        "--mlp-dim", "32", "--precision", "float32", "--verbose", "0", "--epochs", "1",
+        "--no-baseline", "--no-export"]
+
+
+def test_train_from_a_records_folder_without_metadata(image_folder, tmp_path, capsys):
+    """A prepared folder that lost its metadata.json is named as such (was: "image
+    folder ... has no class sub-folders"); a missing tfrecord: path "does not exist"."""
+    out = tmp_path / "records"
+    prepared(image_folder, out, "--shards", 2)
+    (out / records.METADATA).unlink()
+    before = sorted(os.listdir(out))
+    code, err = run_train(["--dataset", str(out), "--output-dir", str(tmp_path / "run"), *TINY],
+                          capsys)
+    errors = [line for line in err if line.startswith("keras-vit train: error: ")]
+    assert code == 2 and len(errors) == 1, err
+    assert (f"folder '{out}' holds *.tfrecord files but no metadata.json: it looks like a "
+            "`keras-vit prepare` output folder missing its metadata.json") in errors[0]
+    assert "no class sub-folders" not in errors[0]
+    missing = tmp_path / "nope"
+    code, err = run_train(["--dataset", f"tfrecord:{missing}", "--output-dir",
+                           str(tmp_path / "run"), *TINY], capsys)
+    errors = [line for line in err if line.startswith("keras-vit train: error: ")]
+    assert code == 2 and len(errors) == 1, err
+    assert f"records folder '{missing}' does not exist" in errors[0]
+    assert sorted(os.listdir(out)) == before and not (tmp_path / "run").exists()
+
+
+def test_prepare_into_a_file_or_with_more_shards_than_images(image_folder, tmp_path, capsys):
+    afile = tmp_path / "out.txt"
+    afile.write_text("keep")
+    assert prepare.main([image_folder, str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert (f"keras-vit prepare: error: output folder '{afile}' is a file, not a folder"
+            in err and "not empty" not in err), err
+    assert afile.read_text() == "keep"
+    under_file = afile / "out"
+    assert prepare.main([image_folder, str(under_file)]) == 2
+    assert f"'{afile}' is a file, not a folder" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["out.txt"]
+
+    out = tmp_path / "many"
+    metadata = prepared(image_folder, out, "--shards", 100)
+    printed = capsys.readouterr().out
+    files = {split: len(metadata["splits"][split]["files"]) for split in records.SPLITS}
+    assert all(n < 100 for n in files.values())
+    written = ", ".join(f"{split} {n}" for split, n in files.items())
+    assert f"note: --shards 100, but files written per split: {written}" in printed, printed
+    assert len(os.listdir(out)) == 1 + sum(files.values())
+    prepared(image_folder, tmp_path / "few", "--shards", 2)
+    assert "note:" not in capsys.readouterr().out

@@ -163,6 +163,12 @@ def list_classes(directory):
         (['cat', 'dog'], [['/data/pets/train/cat/1.jpg', ...], [...]])
     """
     class_names = _sub_folders(directory)
+    if not class_names and _holds_tfrecords(directory):
+        raise ValueError(
+            f"folder {directory!r} holds *.tfrecord files but no metadata.json: it looks "
+            "like a `keras-vit prepare` output folder missing its metadata.json (prepare "
+            "it again), not an image folder with one sub-folder per class"
+        )
     if not class_names:
         raise ValueError(
             f"image folder {directory!r} has no class sub-folders: expected one sub-folder "
@@ -181,6 +187,12 @@ def list_classes(directory):
             f"expected files ending in {'/'.join(IMAGE_EXTENSIONS)}"
         )
     return class_names, files
+
+
+def _holds_tfrecords(directory):
+    """Whether `directory` holds TFRecord files (a `keras-vit prepare` folder)."""
+    return any(entry.is_file() and entry.name.endswith(".tfrecord")
+               for entry in os.scandir(directory))
 
 
 def _list_images(directory):
