@@ -379,7 +379,7 @@ def test_batch_not_divisible_by_replicas(tmp_path, digits_data_dir):
     (["--startup-timeout", "5"], "--startup-timeout only applies to --distribute multi_worker"),
     (["--distribute", "multi_worker", "--startup-timeout", "0"], "--startup-timeout 0.0"),
     (["--data-service", "localhost"], "--data-service 'localhost': expected grpc://HOST:PORT"),
-    (["--dataset", "tfrecord:/nonexistent/records"], "'/nonexistent/records' holds no metadata"),
+    (["--dataset", "tfrecord:/nonexistent/records"], "records folder '/nonexistent/records' does not exist"),
     (["--distribute", "tpu", "--tpu", "grpc://127.0.0.1:{port}"],
      "no TPU reachable with --tpu 'grpc://127.0.0.1:{port}'"),
 ])

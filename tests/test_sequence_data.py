@@ -320,7 +320,7 @@ def test_missing_labels_csv_and_bad_options_exit_2(tmp_path):
     assert code == 2 and "--max-length must be >= 2" in err
     missing = tmp_path / "nowhere" / "plates"
     code, _, err = run_train(["--task", "sequence", "--dataset", str(missing),
-                              "--output-dir", str(tmp_path / "run")])
+                              "--model-name", "plates", "--output-dir", str(tmp_path / "run")])
     assert code == 2 and f"--dataset {str(missing)!r}: no such folder" in err
     assert "builder" not in err  # not tfds' help on dataset names
     assert not (tmp_path / "run").exists()

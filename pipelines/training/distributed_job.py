@@ -90,7 +90,7 @@ def check_distributed_options(config):
         ValueError: one line naming the flag and the value.
     """
     from pipelines import records
-    from pipelines.data_service import check_address
+    from pipelines.data_service import check_dispatcher
 
     if config.tpu is not None and config.distribute != "tpu":
         raise ValueError(f"--tpu {config.tpu!r} needs --distribute tpu; received "
@@ -103,7 +103,7 @@ def check_distributed_options(config):
             raise ValueError(f"--startup-timeout {config.startup_timeout!r}: expected "
                              "seconds > 0")
     if config.data_service:
-        check_address(config.data_service)
+        check_dispatcher(config.data_service)  # a bad address, or nothing answering
     path = records_path(config.dataset)
     if path is not None:
         records.read_metadata(path)  # names a missing, foreign or truncated file
