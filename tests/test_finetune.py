@@ -205,3 +205,16 @@ def test_an_interrupted_run_resumes_only_from_the_same_checkpoint(tmp_path, npz_
         plan_run_dir(other)
     with pytest.raises(ValueError, match="--freeze-backbone"):
         plan_run_dir(dataclasses.replace(started, freeze_backbone=True))
+
+
+def test_an_interrupted_run_of_the_other_task_is_named_as_such(tmp_path):
+    from pipelines.sequence.config import SequenceConfig
+
+    run_dir = tmp_path / "run"
+    (run_dir / BACKUP).mkdir(parents=True)
+    sequence_run = SequenceConfig(output_dir=str(run_dir)).resolved()
+    (run_dir / RUN_CONFIG).write_text(json.dumps(dataclasses.asdict(sequence_run)))
+    classify = TrainConfig(dataset="digits", output_dir=str(run_dir)).resolved()
+    with pytest.raises(ValueError, match=r"holds an interrupted --task sequence run and this "
+                                         r"is --task classify"):
+        plan_run_dir(classify)

@@ -189,6 +189,15 @@ def changed_options(run_dir, config, options=None):
             if saved.get(name) != now[name]]
 
 
+def _saved_task(run_dir):
+    """The `task` recorded in the run's `run_config.json`, or None."""
+    try:
+        with open(os.path.join(run_dir, RUN_CONFIG)) as handle:
+            return json.load(handle).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _flag(name):
     return "--" + name.replace("_", "-")
 
@@ -216,6 +225,12 @@ def plan_run_dir(config, options=None):
                          + restart)
     if config.restart:
         return "replace"
+    saved_task = _saved_task(run_dir)
+    task = getattr(config, "task", None)
+    if saved_task and task and saved_task != task:
+        raise ValueError(f"{run_dir} holds an interrupted --task {saved_task} run and this is "
+                         f"--task {task}; pass --output-dir NEW, the run's own --task to "
+                         "resume it, or --restart to move it aside and start over")
     changed = changed_options(run_dir, config, options)
     if changed:
         listed = ", ".join(f"{_flag(name)} {now!r} (run: {saved!r})"
