@@ -53,6 +53,7 @@ def test_convert_mean_and_std_normalise_the_pixels(tmp_path, npz_path, capsys):
 @pytest.mark.parametrize("args,needle", [
     (["--image-size", "14,12"], "does not divide"),
     (["--num-heads", "3"], "num_heads=3 contradicts"),
+    (["--num-heads", "0"], "num_heads must be a positive integer; received 0"),
 ])
 def test_convert_errors_write_nothing(tmp_path, npz_path, capsys, args, needle):
     out = tmp_path / "out" / "vit.keras"

@@ -1,6 +1,7 @@
 """`load_checkpoint`: a ViT checkpoint from any supported format as a `vision_transformer` model."""
 
 import dataclasses
+import numbers
 import pathlib
 
 from keras_vit.layers import PatchEmbedding
@@ -78,6 +79,10 @@ def open_checkpoint(source, num_heads=None, image_shape=None):
     Example:
     >>> open_checkpoint("ViT-B_16.npz", image_shape=(384, 384)).architecture.num_heads  # 12
     """
+    if num_heads is not None and (isinstance(num_heads, bool)
+                                  or not isinstance(num_heads, numbers.Integral)
+                                  or num_heads <= 0):
+        raise CheckpointError(f"num_heads must be a positive integer; received {num_heads!r}")
     if keras_hub_models.is_keras_hub_model(source):
         opened = _open_model(source)
     else:
