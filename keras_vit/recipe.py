@@ -24,10 +24,11 @@ Example:
 
 import dataclasses
 import math
-import numbers
 
 import keras
 from keras import ops
+
+from keras_vit.layers.validation import is_int
 
 DEFAULT_WEIGHT_DECAY = 0.05
 DEFAULT_WARMUP_FRACTION = 0.1
@@ -73,8 +74,7 @@ class SmoothedCrossentropy(keras.losses.Loss):
     def __init__(self, num_classes, label_smoothing=0.0, name="smoothed_crossentropy",
                  **kwargs):
         super().__init__(name=name, **kwargs)
-        if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
-                or num_classes < 2):
+        if not is_int(num_classes) or num_classes < 2:
             raise ValueError(f"`num_classes` must be an integer >= 2; received {num_classes!r}")
         if not _is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be a number in [0, 1); "
@@ -143,7 +143,7 @@ def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
     (9, 8)
     """
     for name, value in (("num_examples", num_examples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        if not is_int(value) or value <= 0:
             raise ValueError(f"`{name}` must be a positive integer; received {value!r}")
     if drop_remainder:
         return max(num_examples // batch_size, 1)
@@ -215,9 +215,7 @@ def warmup_cosine_schedule(learning_rate, total_steps, warmup_fraction=DEFAULT_W
     if not _is_number(warmup_fraction) or not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"`warmup_fraction` must be a number in [0, 1); "
                          f"received {warmup_fraction!r}")
-    if total_steps is not None and (isinstance(total_steps, bool)
-                                    or not isinstance(total_steps, numbers.Integral)
-                                    or total_steps < 0):
+    if total_steps is not None and (not is_int(total_steps) or total_steps < 0):
         raise ValueError(f"`total_steps` must be None or an integer >= 0; "
                          f"received {total_steps!r}")
     if not total_steps:

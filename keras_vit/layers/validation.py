@@ -12,7 +12,8 @@ import keras
 import numpy as np
 
 
-def _is_int(value):
+def is_int(value):
+    """Whether `value` is a Python or numpy integer (not a `bool`)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -22,24 +23,24 @@ def _is_number(value):
 
 def check_positive_int(name, value):
     """Raise ValueError unless `value` is an integer > 0; return it as an `int`."""
-    if not _is_int(value) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer; received {name}={value!r}")
     return int(value)
 
 
 def check_non_negative_int(name, value):
     """Raise ValueError unless `value` is an integer >= 0; return it as an `int`."""
-    if not _is_int(value) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(f"`{name}` must be an integer >= 0; received {name}={value!r}")
     return int(value)
 
 
 def check_pair(name, value, parts="(height, width)"):
     """A positive integer or a pair of them as an `(int, int)` tuple, else ValueError."""
-    if _is_int(value):
+    if is_int(value):
         value = (value, value)
     if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
-            _is_int(v) and v > 0 for v in value):
+            is_int(v) and v > 0 for v in value):
         raise ValueError(f"`{name}` must be a positive integer or a pair {parts} of positive "
                          f"integers; received {name}={value!r}")
     return tuple(int(v) for v in value)
@@ -74,7 +75,7 @@ def check_cache_index(index, steps, cache_length):
     Tensor indices (and unknown static sizes) are not checked: graph code
     cannot raise on values.
     """
-    if not _is_int(index):
+    if not is_int(index):
         return
     if index < 0 or (steps is not None and cache_length is not None
                      and index + steps > cache_length):

@@ -1,7 +1,5 @@
 """The Vision Transformer family as one factory of functional Keras models."""
 
-import numbers
-
 import keras
 
 from keras_vit.layers import (
@@ -12,7 +10,12 @@ from keras_vit.layers import (
     TokenPooling,
     TransformerEncoderBlock,
 )
-from keras_vit.layers.validation import check_positive_float, check_positive_int, check_rate
+from keras_vit.layers.validation import (
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+    is_int,
+)
 from keras_vit.models.activations import mlp_activation as mlp_activation_fn
 
 # Dosovitskiy et al., "An Image is Worth 16x16 Words", 2020, table 1; Ti and S from
@@ -54,8 +57,7 @@ def _image_shape(image_shape):
         shape = () if isinstance(image_shape, str) else tuple(image_shape)
     except TypeError:  # not a sequence
         shape = ()
-    if len(shape) != 3 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                  and v > 0 for v in shape):
+    if len(shape) != 3 or not all(is_int(v) and v > 0 for v in shape):
         raise ValueError("`image_shape` must be (height, width, channels), three positive "
                          f"integers; received {image_shape!r}")
     return tuple(int(v) for v in shape)

@@ -8,7 +8,6 @@ Example:
 """
 
 import dataclasses
-import math
 import os
 
 from keras_vit.recipe import (
@@ -27,7 +26,7 @@ from pipelines.sequence.data import (
     composes_fresh_strings,
     is_folder_source,
 )
-from pipelines.training.config import FIT_ON, check_positive_integers, check_recipe
+from pipelines.training.config import FIT_ON, as_flag, check_positive_integers, check_recipe
 
 #: The sequence preset: a small ViT and a 2-block decoder; any flag given on the
 #: command line wins. Without --patch-size the patches are full-height strips
@@ -164,6 +163,19 @@ def model_kwargs(config, info):
             "position_embedding": config.position_embedding}
 
 
+def check_decoding_flags(config):
+    """The export's own decoding checks (`check_decoding_options`), naming the flags."""
+    from pipelines.serving.sequence import check_decoding_options
+
+    try:
+        check_decoding_options(config.beam_width, config.length_penalty, config.tta_shift)
+    except ValueError as error:
+        message = str(error)
+        for name in ("tta_shift", "beam_width", "length_penalty"):
+            message = message.replace(name, as_flag(name))
+        raise ValueError(message) from None
+
+
 def check_sequence_config(config):
     """Fails before any data is read, naming the flag and the value.
 
@@ -194,12 +206,5 @@ def check_sequence_config(config):
                          f"flipped); received {config.augmentation!r}")
     if config.fit_on not in FIT_ON:
         raise ValueError(f"--fit-on must be one of {FIT_ON}; received {config.fit_on!r}")
-    tta_shift = config.tta_shift
-    if isinstance(tta_shift, bool) or not isinstance(tta_shift, int) or tta_shift < 0:
-        raise ValueError(f"--tta-shift must be an integer >= 0; received {tta_shift!r}")
-    penalty = config.length_penalty
-    if (isinstance(penalty, bool) or not isinstance(penalty, (int, float))
-            or not math.isfinite(penalty) or penalty < 0):
-        raise ValueError(f"--length-penalty must be a finite number >= 0; "
-                         f"received {config.length_penalty!r}")
+    check_decoding_flags(config)
     check_recipe(config)

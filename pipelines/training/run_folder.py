@@ -178,10 +178,8 @@ def changed_options(run_dir, config, options=None):
     if options is None:
         from pipelines.training.config import RUN_DEFINING_OPTIONS as options
 
-    try:
-        with open(os.path.join(run_dir, RUN_CONFIG)) as handle:
-            saved = json.load(handle)
-    except (OSError, ValueError):
+    saved = _saved_run_config(run_dir)
+    if saved is None:
         return []  # a run from before run_config.json: nothing to compare
     # Through JSON, so tuples compare equal to the saved lists.
     now = json.loads(json.dumps(dataclasses.asdict(config)))
@@ -189,13 +187,14 @@ def changed_options(run_dir, config, options=None):
             if saved.get(name) != now[name]]
 
 
-def _saved_task(run_dir):
-    """The `task` recorded in the run's `run_config.json`, or None."""
+def _saved_run_config(run_dir):
+    """The run's `run_config.json` as a dict, or None (missing or unreadable)."""
     try:
         with open(os.path.join(run_dir, RUN_CONFIG)) as handle:
-            return json.load(handle).get("task")
-    except (OSError, ValueError, AttributeError):
+            saved = json.load(handle)
+    except (OSError, ValueError):
         return None
+    return saved if isinstance(saved, dict) else None
 
 
 def _flag(name):
@@ -225,7 +224,7 @@ def plan_run_dir(config, options=None):
                          + restart)
     if config.restart:
         return "replace"
-    saved_task = _saved_task(run_dir)
+    saved_task = (_saved_run_config(run_dir) or {}).get("task")
     task = getattr(config, "task", None)
     if saved_task and task and saved_task != task:
         raise ValueError(f"{run_dir} holds an interrupted --task {saved_task} run and this is "

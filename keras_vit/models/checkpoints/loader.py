@@ -1,10 +1,10 @@
 """`load_checkpoint`: a ViT checkpoint from any supported format as a `vision_transformer` model."""
 
 import dataclasses
-import numbers
 import pathlib
 
 from keras_vit.layers import PatchEmbedding
+from keras_vit.layers.validation import is_int
 from keras_vit.models.checkpoints import google_npz, hugging_face, keras_hub_models, timm_state_dict
 from keras_vit.models.checkpoints.architecture import Architecture
 from keras_vit.models.checkpoints.sources import CheckpointError, NpzSource, SafetensorsSource
@@ -79,9 +79,7 @@ def open_checkpoint(source, num_heads=None, image_shape=None):
     Example:
     >>> open_checkpoint("ViT-B_16.npz", image_shape=(384, 384)).architecture.num_heads  # 12
     """
-    if num_heads is not None and (isinstance(num_heads, bool)
-                                  or not isinstance(num_heads, numbers.Integral)
-                                  or num_heads <= 0):
+    if num_heads is not None and (not is_int(num_heads) or num_heads <= 0):
         raise CheckpointError(f"num_heads must be a positive integer; received {num_heads!r}")
     if keras_hub_models.is_keras_hub_model(source):
         opened = _open_model(source)
