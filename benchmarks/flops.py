@@ -13,6 +13,10 @@ counted as 2 FLOPs:
       MLP             2 * T * D * M * 2      (two Dense layers)
     head              2 * D * K
 
+With class-token pooling the last block computes the class token's row only
+(`last_block_tokens=1`): keys and values of all T tokens, the query,
+attention, out projection and MLP of one.
+
     forward  = patch + L * block + head
     training = 3 * forward
 
@@ -21,7 +25,7 @@ forward matmul (gradient w.r.t. the input and w.r.t. the weights). It slightly
 over-counts (the patch embedding needs no input gradient) and leaves out
 softmax, LayerNorm, GELU, biases and the optimizer, all elementwise and small
 beside the matmuls. ViT-Ti/16 at 224x224: 2.51 GFLOP forward, 7.52 GFLOP per
-training image.
+training image; 7.00 with the class-token-only last block of `vision_transformer`.
 
 Example:
     >>> round(vit_training_flops(224, 224, 3, 16, 192, 12, 768, 1000) / 1e9, 2)
@@ -30,7 +34,7 @@ Example:
 
 
 def vit_forward_flops_by_part(height, width, channels, patch_size, hidden_dim, depth,
-                              mlp_dim, num_classes, class_token=True):
+                              mlp_dim, num_classes, class_token=True, last_block_tokens=None):
     """Forward FLOPs per image of each matmul kind, summed over the blocks.
 
     Args:
@@ -39,6 +43,10 @@ def vit_forward_flops_by_part(height, width, channels, patch_size, hidden_dim, d
         hidden_dim, depth, mlp_dim: width D, blocks L, MLP width M.
         num_classes: K, the head's outputs.
         class_token: whether a class token adds one token (T = N + 1).
+        last_block_tokens: int or None. Tokens whose outputs the last block
+            computes (`vision_transformer` with class-token pooling: 1, the
+            class token; it still projects keys and values of all T tokens).
+            `None`: all T.
 
     Returns:
         dict part -> FLOPs: patch_embedding, qkv, scores, attention_values,
@@ -54,15 +62,21 @@ def vit_forward_flops_by_part(height, width, channels, patch_size, hidden_dim, d
     patches = (height // patch_size) * (width // patch_size)
     tokens = patches + (1 if class_token else 0)
     d = hidden_dim
-    return {
-        "patch_embedding": 2 * patches * patch_size * patch_size * channels * d,
-        "qkv": depth * 2 * tokens * d * 3 * d,
-        "scores": depth * 2 * tokens * tokens * d,
-        "attention_values": depth * 2 * tokens * tokens * d,
-        "out_projection": depth * 2 * tokens * d * d,
-        "mlp": depth * 2 * tokens * d * mlp_dim * 2,
-        "head": 2 * d * num_classes,
-    }
+
+    def block(queries):  # one block whose `queries` tokens attend to all `tokens`
+        return {
+            "qkv": 2 * d * d * (queries + 2 * tokens),
+            "scores": 2 * queries * tokens * d,
+            "attention_values": 2 * queries * tokens * d,
+            "out_projection": 2 * queries * d * d,
+            "mlp": 2 * queries * d * mlp_dim * 2,
+        }
+
+    full, last = block(tokens), block(tokens if last_block_tokens is None else last_block_tokens)
+    parts = {"patch_embedding": 2 * patches * patch_size * patch_size * channels * d}
+    parts.update({part: (depth - 1) * full[part] + last[part] for part in full})
+    parts["head"] = 2 * d * num_classes
+    return parts
 
 
 def vit_forward_flops(*args, **kwargs):

@@ -44,15 +44,20 @@ def test_every_benchmark_module_has_run():
 
 
 def kernel_count_flops(model):
-    """Forward FLOPs per image counted from the built model's own weights.
+    """Forward FLOPs per image counted from the built model's own weights and graph.
 
     Every kernel is applied once per token it sees: a 4-D (convolution) kernel
-    once per patch, the head's once per image, every other one once per token;
-    each of its entries is one multiply-add (2 FLOPs). Attention adds, per
-    block, two (T x T x inner) matmuls: scores and weights x values.
+    once per patch, the head's once per image, a block's key and value kernels
+    once per token entering the block, its other kernels once per token the
+    block outputs (fewer in a token-pooled model's last block); each of its
+    entries is one multiply-add (2 FLOPs). Attention adds, per block, two
+    (queries x T x inner) matmuls: scores and weights x values.
     """
-    tokens = model.get_layer("position_embedding").output.shape[1]
+    from keras_vit.layers import TransformerEncoderBlock
+
     patches = model.get_layer("patch_embedding").output.shape[1]
+    seen = {block.name: (block.output.shape[1], block.input.shape[1])
+            for block in model.layers if isinstance(block, TransformerEncoderBlock)}
     total = 0
     for weight in model.weights:
         if not weight.path.endswith("kernel"):
@@ -60,13 +65,16 @@ def kernel_count_flops(model):
         size = int(np.prod(weight.shape))
         if len(weight.shape) == 4:
             total += 2 * size * patches
-        elif weight.path.startswith("head/"):
+            continue
+        if weight.path.startswith("head/"):
             total += 2 * size
-        else:
-            total += 2 * size * tokens
+            continue
+        queries, tokens = seen[weight.path.split("/")[0]]
+        is_key_or_value = weight.path.endswith(("key/kernel", "value/kernel"))
+        total += 2 * size * (tokens if is_key_or_value else queries)
         if weight.path.endswith("attention_output/kernel"):
             inner = int(np.prod(weight.shape[:-1]))  # heads x key_dim
-            total += 2 * 2 * tokens * tokens * inner
+            total += 2 * 2 * queries * tokens * inner
     return total
 
 
@@ -84,8 +92,13 @@ def test_flop_formula_matches_a_count_over_the_models_kernels(config):
     kwargs = dict(hidden_dim=config.get("hidden_dim", 192), depth=config.get("depth", 12),
                   mlp_dim=config.get("mlp_dim", 768), num_classes=config["num_classes"])
     expected = kernel_count_flops(model)
-    assert flops.vit_forward_flops(height, width, channels, patch, **kwargs) == expected
-    assert flops.vit_training_flops(height, width, channels, patch, **kwargs) == 3 * expected
+    assert flops.vit_forward_flops(height, width, channels, patch, last_block_tokens=1,
+                                   **kwargs) == expected
+    assert flops.vit_training_flops(height, width, channels, patch, last_block_tokens=1,
+                                    **kwargs) == 3 * expected
+    everything = vision_transformer(pooling="gap", class_token=True, **config)
+    assert flops.vit_forward_flops(height, width, channels, patch,
+                                   **kwargs) == kernel_count_flops(everything)
 
 
 def test_flop_formula_rejects_a_patch_that_does_not_divide():

@@ -310,6 +310,64 @@ def test_encoder_block_matches_numpy(norm_first, mask_kind):
     np.testing.assert_allclose(call_numpy(block, (x,), kwargs), out, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre_norm", "post_norm"])
+@pytest.mark.parametrize("mask_kind", ["none", "valid_lens", "attention_mask", "key_mask"])
+@pytest.mark.parametrize("kept", [1, 3])
+def test_encoder_block_num_output_tokens_gives_the_first_rows(norm_first, mask_kind, kept):
+    # The first `kept` rows of the numpy block: those tokens still attend to all five.
+    rng = np.random.default_rng(80 + kept)
+    x = rnd(rng, B, 5, 8)
+    activation = "gelu" if norm_first else "relu"
+    block = make("TransformerEncoderBlock", num_heads=2, mlp_dim=12, norm_first=norm_first,
+                 activation=activation)
+    call_numpy(block, (x,), {})
+    random_weights_(block, rng, scale=0.4)
+    kwargs, mask = {}, None
+    if mask_kind == "valid_lens":
+        kwargs["valid_lens"] = np.array([2, 5], "int32")
+        mask = np_valid_lens_mask(kwargs["valid_lens"], 5, 5)
+    elif mask_kind == "attention_mask":  # one row per query: the kept queries' rows apply
+        mask = rng.random((B, 5, 5)) > 0.4
+        mask[:, :, 1] = True
+        kwargs["attention_mask"] = mask
+    elif mask_kind == "key_mask":  # one row for every query
+        mask = np.broadcast_to(np.array([[[1, 1, 0, 1, 0]], [[0, 1, 1, 1, 1]]], bool),
+                               (B, 5, 5))
+        kwargs["attention_mask"] = mask[:, :1]
+    out, scores = call_numpy(block, (x,), kwargs, return_attention_scores=True,
+                             num_output_tokens=kept)
+    ref = np_encoder(block, x, mask, norm_first, activation, 1e-6)
+    np.testing.assert_allclose(out, ref[:, :kept], atol=1e-4)
+    full_scores = call_numpy(block, (x,), kwargs, return_attention_scores=True)[1]
+    assert scores.shape == (B, 2, kept, 5)
+    np.testing.assert_allclose(scores, full_scores[:, :, :kept], atol=ATOL)
+
+
+def test_encoder_block_num_output_tokens_in_a_functional_model():
+    tokens = keras.Input((5, 8))
+    block = make("TransformerEncoderBlock", num_heads=2, mlp_dim=12)
+    out = block(tokens, num_output_tokens=2)
+    assert tuple(out.shape) == (None, 2, 8)
+    model = keras.Model(tokens, out)
+    config = model.get_config()
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    x = rnd(np.random.default_rng(3), B, 5, 8)
+    np.testing.assert_allclose(to_numpy(rebuilt(x)), to_numpy(model(x)), atol=1e-6)
+    assert to_numpy(rebuilt(x)).shape == (B, 2, 8)
+    # All five: the same as leaving it out.
+    np.testing.assert_allclose(call_numpy(block, (x,), {}, num_output_tokens=5),
+                               call_numpy(block, (x,), {}), atol=1e-6)
+
+
+@pytest.mark.parametrize("kept, needle", [(6, "num_output_tokens=6 exceeds the 5 tokens"),
+                                          (0, "num_output_tokens"), (1.5, "num_output_tokens")])
+def test_encoder_block_num_output_tokens_is_checked(kept, needle):
+    block = make("TransformerEncoderBlock", num_heads=2, mlp_dim=12)
+    x = np.zeros((B, 5, 8), "float32")
+    assert_value_error(lambda: call_numpy(block, (x,), {}, num_output_tokens=kept), needle)
+
+
 def test_encoder_block_sublayers():
     rng = np.random.default_rng(9)
     x = rnd(rng, B, 4, 8)

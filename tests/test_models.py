@@ -142,8 +142,9 @@ def test_built_variant_has_the_papers_width_depth_mlp_and_heads(size):
         assert tuple(block.mlp.dense2.kernel.shape) == (paper["mlp_dim"], d)
         assert tuple(block.attention.query_dense.kernel.shape) == (d, heads, d // heads)
     assert model.get_layer("patch_embedding").output.shape[-1] == d
-    # 2x2 patches of 16 pixels + the class token.
-    assert tuple(model.get_layer("encoder_norm").output.shape) == (None, 5, d)
+    # 2x2 patches of 16 pixels + the class token; the last block keeps the class token only.
+    assert tuple(blocks[-1].input.shape) == (None, 5, d)
+    assert tuple(model.get_layer("encoder_norm").output.shape) == (None, 1, d)
     assert tuple(model.get_layer("head").kernel.shape) == (d, 7)
     assert model.count_params() == expected_parameters(
         (32, 32, 3), 7, 16, d, paper["depth"], paper["mlp_dim"])
@@ -183,6 +184,64 @@ def test_parameter_count_matches_the_formula(case):
     width = kwargs.get("representation_size") or overrides["hidden_dim"]
     assert tuple(out.shape) == ((2, kwargs["num_classes"]) if kwargs.get("include_top", True)
                                 else (2, width))
+
+
+def _all_token_reference(model):
+    """`model` with its last block computing every token, sharing all layers.
+
+    The reference for the token-pooled ViT's shortcut: the same layers called
+    as a plain chain on the last block's full input, the head reading token 0
+    (and 1 for DeiT) of the normalised tokens.
+    """
+    last = blocks_of(model)[-1]
+    tokens = model.get_layer("encoder_norm")(last(last.input))
+    logits = model.get_layer("head")(tokens[:, 0])
+    if "head_distillation" in [layer.name for layer in model.layers]:
+        distilled = model.get_layer("head_distillation")(tokens[:, 1])
+        logits = (logits + distilled) / 2
+    return keras.Model(model.inputs[0], logits)
+
+
+@pytest.mark.parametrize("options, kept", [({}, 1), ({"distillation_token": True}, 2)],
+                         ids=["class_token", "deit"])
+def test_token_pooled_last_block_computes_its_prefix_tokens_only(options, kept):
+    model = vision_transformer("Ti/4", (8, 8, 3), 5, **TINY, **options)
+    last = blocks_of(model)[-1]
+    assert tuple(last.input.shape) == (None, 4 + kept, 16)
+    assert tuple(last.output.shape) == (None, kept, 16)
+    images = np.random.default_rng(2).uniform(0, 255, (3, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)),
+                               keras.ops.convert_to_numpy(_all_token_reference(model)(images)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_average_pooled_model_keeps_every_token():
+    model = vision_transformer("Ti/4", (8, 8, 3), 5, pooling="gap", **TINY)
+    last = blocks_of(model)[-1]
+    assert tuple(last.output.shape) == tuple(last.input.shape) == (None, 4, 16)
+
+
+@pytest.mark.tensorflow_only
+def test_token_pooled_shortcut_trains_like_the_full_model():
+    import tensorflow as tf
+
+    model = vision_transformer("Ti/4", (8, 8, 3), 5, dropout=0.0, **TINY)
+    reference = _all_token_reference(model)
+    images = tf.constant(np.random.default_rng(4).uniform(0, 255, (3, 8, 8, 3)), tf.float32)
+    labels = tf.constant([0, 3, 4])
+
+    def gradients(m):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(labels, m(images),
+                                                                from_logits=True)
+        return tape.gradient(loss, m.trainable_variables)
+
+    ours, full = gradients(model), gradients(reference)
+    assert [v.path for v in model.trainable_variables] == [
+        v.path for v in reference.trainable_variables]
+    for variable, a, b in zip(model.trainable_variables, ours, full):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6,
+                                   err_msg=variable.path)
 
 
 def test_sincos2d_model_has_no_position_variables():

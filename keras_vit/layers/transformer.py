@@ -51,12 +51,17 @@ class _TransformerBlock(keras.layers.Layer):
         norm.build(shape)
         return norm
 
-    def _residual(self, x, norm, sublayer, training):
-        """`x + f(LN(x))` when pre-norm, `LN(x + f(x))` when post-norm."""
+    def _residual(self, x, norm, sublayer, training, num_kept=None):
+        """`x + f(LN(x))` when pre-norm, `LN(x + f(x))` when post-norm.
+
+        With `num_kept`, `sublayer` returns rows for the first `num_kept`
+        tokens only, and so does the residual sum.
+        """
         branch_input = norm(x) if self.norm_first else x
         branch, extra = sublayer(branch_input)
         branch = self.drop_path_layer(self.dropout_layer(branch, training=training),
                                       training=training)
+        x = x if num_kept is None else x[:, :num_kept]
         out = x + branch if self.norm_first else norm(x + branch)
         return out, extra
 
@@ -85,6 +90,12 @@ class TransformerEncoderBlock(_TransformerBlock):
 
     Pre-norm (`norm_first=True`, ViT): `x += MHA(LN(x))`, `x += MLP(LN(x))`.
     Post-norm (original Transformer): `x = LN(x + MHA(x))`, `x = LN(x + MLP(x))`.
+
+    Called with `num_output_tokens=n`, the block computes the outputs of the
+    first `n` tokens only: they still attend to every token, but the other
+    tokens' queries, attention outputs and MLP are skipped (`(B, n, d)` out,
+    the same values as the first `n` rows of the full call). A ViT whose head
+    reads only the class token needs no more from its last block.
 
     Args:
         num_heads: int > 0. Attention heads; must divide the feature size.
@@ -117,23 +128,48 @@ class TransformerEncoderBlock(_TransformerBlock):
         self.mlp_norm = self.norm2
 
     def call(self, inputs, attention_mask=None, valid_lens=None, return_attention_scores=False,
-             training=None):
+             training=None, num_output_tokens=None):
+        """Args (besides the inputs and masks of `MultiHeadAttention`):
+            num_output_tokens: int or None. Compute only the first this many
+                tokens' outputs (see the class docstring); `None`: all.
+        """
+        kept = self._output_tokens(inputs.shape, num_output_tokens)
+        if kept is not None and attention_mask is not None and attention_mask.shape[-2] != 1:
+            attention_mask = attention_mask[..., :kept, :]  # the kept queries' rows
+
         def attend(h):
+            query = h if kept is None else h[:, :kept]
             return _with_scores(self.attention(
-                h, h, attention_mask=attention_mask, valid_lens=valid_lens,
+                query, h, attention_mask=attention_mask, valid_lens=valid_lens,
                 return_attention_scores=return_attention_scores, training=training),
                 return_attention_scores)
 
-        x, scores = self._residual(inputs, self.norm1, attend, training)
+        x, scores = self._residual(inputs, self.norm1, attend, training, kept)
         x = self._mlp_residual(x, training)
         return (x, scores) if return_attention_scores else x
 
-    def compute_output_spec(self, inputs, return_attention_scores=False, **kwargs):
-        output = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+    @staticmethod
+    def _output_tokens(shape, num_output_tokens):
+        """`num_output_tokens` checked against the input length; `None` when all are kept."""
+        if num_output_tokens is None:
+            return None
+        kept = check_positive_int("num_output_tokens", num_output_tokens)
+        if shape[1] is not None and kept > shape[1]:
+            raise ValueError(f"num_output_tokens={kept} exceeds the {shape[1]} tokens of "
+                             f"`inputs` (shape {tuple(shape)})")
+        return None if kept == shape[1] else kept
+
+    def compute_output_shape(self, input_shape, *args, num_output_tokens=None, **kwargs):
+        kept = self._output_tokens(input_shape, num_output_tokens)
+        return tuple(input_shape) if kept is None else (input_shape[0], kept, input_shape[-1])
+
+    def compute_output_spec(self, inputs, return_attention_scores=False,
+                            num_output_tokens=None, **kwargs):
+        shape = self.compute_output_shape(inputs.shape, num_output_tokens=num_output_tokens)
+        output = keras.KerasTensor(shape, dtype=self.compute_dtype)
         if not return_attention_scores:
             return output
-        length = inputs.shape[1]
-        scores = keras.KerasTensor((inputs.shape[0], self.num_heads, length, length),
+        scores = keras.KerasTensor((inputs.shape[0], self.num_heads, shape[1], inputs.shape[1]),
                                    dtype=self.compute_dtype)
         return output, scores
 

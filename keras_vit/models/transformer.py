@@ -212,6 +212,21 @@ def transformer(source_vocab_size, target_vocab_size, *, num_layers, hidden_dim,
     return keras.Model([source, decoder_tokens], logits, name=name)
 
 
+def _all_tokens(encoder):
+    """The output of a ViT's `encoder_norm` for every token, as a symbolic tensor.
+
+    A token-pooled ViT's last block computes the class token(s) only
+    (`num_output_tokens`); that block and the norm are called again, same
+    weights, on the block's input to give the decoder every token.
+    """
+    norm = encoder.get_layer("encoder_norm")
+    blocks = [layer for layer in encoder.layers if isinstance(layer, TransformerEncoderBlock)]
+    last = blocks[-1]
+    if tuple(last.output.shape) == tuple(last.input.shape):
+        return norm.output
+    return norm(last(last.input))
+
+
 def image_to_sequence(variant, image_shape, vocab_size, *, max_length, decoder_layers,
                       decoder_dim=None, decoder_heads=None, decoder_mlp_dim=None, dropout=0.0,
                       attention_dropout=0.0, tie_embeddings=False, norm_first=True,
@@ -261,7 +276,7 @@ def image_to_sequence(variant, image_shape, vocab_size, *, max_length, decoder_l
     elif tuple(encoder.inputs[0].shape[1:]) != tuple(image_shape):
         raise ValueError(f"the encoder takes images of shape {tuple(encoder.inputs[0].shape[1:])}"
                          f"; received image_shape={tuple(image_shape)}")
-    trunk = encoder.get_layer("encoder_norm").output
+    trunk = _all_tokens(encoder)
     vit_block = encoder.get_layer("encoder_block_0")
     config = _decoder_config(
         vocab_size, decoder_layers, decoder_dim or trunk.shape[-1],
