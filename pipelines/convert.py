@@ -3,7 +3,9 @@
 The model takes raw [0, 255] pixels (the checkpoint's normalisation is inside
 it). Nothing is written unless the checkpoint loads, the model saves and the
 optional export succeeds: the `.keras` file is written under a temporary name
-and renamed last, and `export_model` publishes its version atomically.
+and renamed last, and `export_model` publishes its version atomically. An
+existing output file is kept unless `--overwrite` is given. Exit status: 0
+done, 2 bad input (options, checkpoint, existing output), 1 writing failed.
 
 Example:
     keras-vit convert ViT-B_16.npz vit_b16_384.keras --image-size 384,384 --num-classes 10
@@ -25,7 +27,10 @@ def build_parser():
                     ".safetensors, keras-hub preset) into a .keras model.")
     parser.add_argument("checkpoint",
                         help="local checkpoint file or folder (nothing is downloaded)")
-    parser.add_argument("output", help="the .keras file to write")
+    parser.add_argument("output", help="the .keras file to write (refused if it exists, "
+                                       "unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file")
     parser.add_argument("--image-size", type=image_size,
                         help="HEIGHT,WIDTH of the model's input (position embedding resampled); "
                              "default: the checkpoint's")
@@ -53,7 +58,7 @@ def _floats(text):
 
 
 def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=None, mean=None,
-            std=None, export_name=None, export_dir="savedmodels"):
+            std=None, export_name=None, export_dir="savedmodels", overwrite=False):
     """Loads `checkpoint`, writes `output` (.keras) and optionally exports it; returns the model.
 
     Args:
@@ -63,6 +68,8 @@ def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=
         num_classes, num_heads, mean, std: as in `load_checkpoint`.
         export_name: served model name, or None for no export.
         export_dir: base folder of the served versions.
+        overwrite: bool. Replace an existing `output`; otherwise it is a
+            ValueError, raised before the checkpoint is read.
 
     Returns:
         The loaded `keras.Model`.
@@ -72,6 +79,11 @@ def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=
     output = pathlib.Path(output)
     if output.suffix != ".keras":
         raise ValueError(f"the output must be a .keras file; received {str(output)!r}")
+    if output.is_dir():
+        raise ValueError(f"the output {str(output)!r} is a folder; expected a .keras file path")
+    if output.exists() and not overwrite:
+        raise ValueError(f"the output {str(output)!r} exists; pass --overwrite (overwrite=True) "
+                         "to replace it, or choose another name")
     if export_name is not None:
         from pipelines.serving.model_info import validate_model_name
 
@@ -100,8 +112,12 @@ def main(argv=None):
     try:
         model = convert(args.checkpoint, args.output, image_size=args.image_size,
                         num_classes=args.num_classes, num_heads=args.num_heads, mean=args.mean,
-                        std=args.std, export_name=args.export, export_dir=args.export_dir)
-    except (ValueError, OSError, ExportError) as error:  # CheckpointError is a ValueError
+                        std=args.std, export_name=args.export, export_dir=args.export_dir,
+                        overwrite=args.overwrite)
+    except ValueError as error:  # bad input; CheckpointError is a ValueError
+        print(f"keras-vit convert: error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ExportError) as error:  # reading or writing failed
         print(f"keras-vit convert: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: input {model.input_shape[1:]}, output {model.output_shape[1:]}, "

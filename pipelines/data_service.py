@@ -18,9 +18,11 @@ Example:
 """
 
 import argparse
+import errno
 import os
 import re
 import signal
+import socket
 import sys
 import time
 
@@ -128,6 +130,28 @@ def distribute_through_service(dataset, service, *, processing_mode="parallel_ep
     return remote.prefetch(tf.data.AUTOTUNE)
 
 
+def check_port_free(port, flag="--port"):
+    """Raises ValueError when TCP `port` is taken by a listening process (0 is not checked).
+
+    gRPC servers bind with SO_REUSEPORT, so TensorFlow starts a second
+    dispatcher or worker on a port another one already serves, and the
+    kernel then splits connections between the two. A plain bind (with
+    SO_REUSEADDR, so a port freed moments ago in TIME_WAIT still counts as
+    free) fails on such a port.
+    """
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as err:
+            reason = ("another process listens on it" if err.errno == errno.EADDRINUSE
+                      else err.strerror or str(err))
+            raise ValueError(f"{flag} {port}: cannot serve on this port ({reason}); expected a "
+                             "free TCP port") from None
+
+
 def start_dispatcher(port, work_dir=None):
     """Starts a dispatcher on `port` (0: any free port); returns the server.
 
@@ -230,6 +254,7 @@ def main(argv=None):
     try:
         if not 0 <= args.port < 65536:
             raise ValueError(f"--port {args.port}: expected 0..65535")
+        check_port_free(args.port)
         if args.role == "dispatcher":
             server = start_dispatcher(args.port, args.work_dir)
             print(f"tf.data service dispatcher at {server.target}", flush=True)

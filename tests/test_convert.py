@@ -57,15 +57,40 @@ def test_convert_mean_and_std_normalise_the_pixels(tmp_path, npz_path, capsys):
 ])
 def test_convert_errors_write_nothing(tmp_path, npz_path, capsys, args, needle):
     out = tmp_path / "out" / "vit.keras"
-    assert main([npz_path, str(out), *args]) == 1
+    assert main([npz_path, str(out), *args]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_convert_rejects_a_non_keras_output_name(tmp_path, npz_path, capsys):
-    assert main([npz_path, str(tmp_path / "vit.h5")]) == 1
+    assert main([npz_path, str(tmp_path / "vit.h5")]) == 2
     assert ".keras" in capsys.readouterr().err
     assert not (tmp_path / "vit.h5").exists()
+
+
+def test_convert_keeps_an_existing_output_unless_overwrite(tmp_path, npz_path, capsys):
+    out = tmp_path / "vit.keras"
+    out.write_bytes(b"a model trained for a week")
+    assert main([npz_path, str(out), "--num-classes", "3"]) == 2
+    error = capsys.readouterr().err
+    assert f"the output {str(out)!r} exists; pass --overwrite" in error
+    assert out.read_bytes() == b"a model trained for a week"
+    assert main([npz_path, str(out), "--num-classes", "3", "--overwrite"]) == 0
+    assert keras.models.load_model(out).output_shape == (None, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.keras", "vit.npz"]
+
+
+def test_convert_missing_checkpoint_is_bad_input(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.npz"), str(tmp_path / "vit.keras")]) == 2
+    assert "missing.npz' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "vit.keras").exists()
+
+
+def test_convert_write_failure_exits_1(tmp_path, npz_path, capsys):
+    (tmp_path / "blocker").write_text("a file where the output folder should be")
+    assert main([npz_path, str(tmp_path / "blocker" / "vit.keras")]) == 1
+    assert "keras-vit convert: error:" in capsys.readouterr().err
+    assert (tmp_path / "blocker").read_text() == "a file where the output folder should be"
 
 
 @pytest.mark.slow

@@ -107,6 +107,20 @@ def test_dispatcher_work_dir_that_cannot_be_created(tmp_path, capsys):
     assert not os.path.exists("/proc/nope") and os.listdir(tmp_path) == ["afile"]
 
 
+def test_dispatcher_or_worker_on_a_busy_port_is_refused(tmp_path, capsys):
+    """A second dispatcher (or a worker) on a port another server listens on: one
+    line, exit 2 (TensorFlow's gRPC server binds with SO_REUSEPORT and started it)."""
+    with running_service(tmp_path / "journal") as (_, port):
+        for role in (["dispatcher"], ["worker", "--dispatcher", f"localhost:{port}"]):
+            assert data_service.main([*role, "--port", str(port)]) == 2
+            err = capsys.readouterr().err
+            assert err == (f"keras-vit data-service: error: --port {port}: cannot serve on "
+                           "this port (another process listens on it); expected a free TCP "
+                           "port\n"), err
+    # Free again once the service has stopped (TIME_WAIT connections do not count).
+    data_service.check_port_free(port)
+
+
 def test_worker_says_it_waits_for_its_dispatcher(tmp_path):
     """`worker --dispatcher` with no dispatcher there: one line saying it waits (was
     silent), then it registers once the dispatcher comes up."""

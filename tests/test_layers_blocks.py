@@ -584,6 +584,11 @@ def test_decoder_cache_index_past_the_cache_is_an_error(index, steps):
         lambda: call_numpy(block, (x, enc), {"self_attention_cache": cache,
                                              "cache_update_index": index}),
         "cache_update_index", index, f"{steps} step", "length 3")
+    # Numpy integers straight into the layer (Keras makes them tensors before `call`).
+    for numpy_index in (np.int64(index), np.array(index, "int32")):
+        assert_value_error(
+            lambda: block(x, enc, self_attention_cache=cache, cache_update_index=numpy_index),
+            f"cache_update_index={index}", f"{steps} step", "length 3")
     # The last positions that fit are fine.
     out, new_cache = call_numpy(block, (x, enc), {"self_attention_cache": cache,
                                                   "cache_update_index": 3 - steps})

@@ -1,12 +1,14 @@
 """Transformer encoder and decoder blocks, pre-norm (ViT) or post-norm (original)."""
 
 import keras
+import numpy as np
 
 from keras_vit.layers.feed_forward import DropPath, PositionWiseFeedForward
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
 from keras_vit.layers.normalization import LayerNormalization
 from keras_vit.layers.validation import (
     check_activation,
+    check_cache_index,
     check_positive_float,
     check_positive_int,
     check_rate,
@@ -230,6 +232,15 @@ class TransformerDecoderBlock(_TransformerBlock):
         if not self.built:
             raise ValueError("build the block (call it once) before init_cache")
         return self.self_attention.init_cache(batch_size, max_length)
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras turns numpy scalars into tensors before `call`, whose values cannot
+        # be checked there: a numpy `cache_update_index` is checked here instead.
+        index, cache = kwargs.get("cache_update_index"), kwargs.get("self_attention_cache")
+        if (isinstance(index, (np.integer, np.ndarray)) and np.ndim(index) == 0
+                and np.issubdtype(np.asarray(index).dtype, np.integer) and cache is not None):
+            check_cache_index(int(index), inputs.shape[1], cache.shape[2])
+        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, encoder_outputs, encoder_valid_lens=None, encoder_attention_mask=None,
              self_attention_mask=None, self_attention_cache=None, cache_update_index=None,
