@@ -587,7 +587,7 @@ def test_decoder_cache_index_past_the_cache_is_an_error(index, steps):
     # Numpy integers straight into the layer (Keras makes them tensors before `call`).
     for numpy_index in (np.int64(index), np.array(index, "int32")):
         assert_value_error(
-            lambda: block(x, enc, self_attention_cache=cache, cache_update_index=numpy_index),
+            lambda i=numpy_index: block(x, enc, self_attention_cache=cache, cache_update_index=i),
             f"cache_update_index={index}", f"{steps} step", "length 3")
     # The last positions that fit are fine.
     out, new_cache = call_numpy(block, (x, enc), {"self_attention_cache": cache,
