@@ -61,6 +61,9 @@ def vit_forward_flops_by_part(height, width, channels, patch_size, hidden_dim, d
                          f"{height}x{width}")
     patches = (height // patch_size) * (width // patch_size)
     tokens = patches + (1 if class_token else 0)
+    if last_block_tokens is not None and not 1 <= last_block_tokens <= tokens:
+        raise ValueError(f"last_block_tokens={last_block_tokens!r}: expected 1..{tokens} (the "
+                         "tokens of the last block)")
     d = hidden_dim
 
     def block(queries):  # one block whose `queries` tokens attend to all `tokens`

@@ -5,7 +5,8 @@ it). Nothing is written unless the checkpoint loads, the model saves and the
 optional export succeeds: the `.keras` file is written under a temporary name
 and renamed last, and `export_model` publishes its version atomically. An
 existing output file is kept unless `--overwrite` is given. Exit status: 0
-done, 2 bad input (options, checkpoint, existing output), 1 writing failed.
+done, 2 bad input (options, an unreadable or bad checkpoint, an existing
+output), 1 writing the model or its export failed.
 
 Example:
     keras-vit convert ViT-B_16.npz vit_b16_384.keras --image-size 384,384 --num-classes 10
@@ -57,6 +58,105 @@ def _floats(text):
     return values[0] if len(values) == 1 else values
 
 
+#: Exit status for bad arguments, a bad checkpoint or an existing output (as argparse uses).
+EXIT_USAGE = 2
+#: Exit status for writing the model or its export failing.
+EXIT_FAILED = 1
+
+
+class WriteError(RuntimeError):
+    """Writing the `.keras` file or the export failed; nothing was published."""
+
+
+def load_for_conversion(checkpoint, output, *, image_size=None, num_classes=None,
+                        num_heads=None, mean=None, std=None, export_name=None,
+                        export_dir="savedmodels", overwrite=False):
+    """Checks the options and the output path, then loads the checkpoint; writes nothing.
+
+    Returns:
+        The loaded `keras.Model`.
+
+    Raises:
+        ValueError: a bad option, an existing `output` without `overwrite`, a
+            checkpoint that does not load (`CheckpointError`), or an unreadable
+            `models.config` in `export_dir`.
+        OSError: the checkpoint cannot be read.
+    """
+    from keras_vit.models import load_checkpoint
+
+    output = pathlib.Path(output)
+    if output.suffix != ".keras":
+        raise ValueError(f"the output must be a .keras file; received {str(output)!r}")
+    if output.is_dir():
+        raise ValueError(f"the output {str(output)!r} is a folder; expected a .keras file path")
+    if output.exists() and not overwrite:
+        raise ValueError(_exists_message(output))
+    if export_name is not None:
+        from pipelines.serving.model_info import validate_model_name
+        from pipelines.serving.repository import read_models_config
+
+        validate_model_name(export_name)
+        read_models_config(export_dir)  # one that does not parse fails now, not after the save
+    return load_checkpoint(checkpoint, image_shape=image_size, num_classes=num_classes,
+                           num_heads=num_heads, mean=mean, std=std)
+
+
+def _exists_message(output):
+    return (f"the output {str(output)!r} exists; pass --overwrite (overwrite=True) to replace "
+            "it, or choose another name")
+
+
+def write_conversion(model, output, *, export_name=None, export_dir="savedmodels",
+                     overwrite=False):
+    """Saves `model` to `output` (and exports it), publishing the `.keras` file last.
+
+    The file is written under a temporary name, then hard-linked to `output`
+    (which fails if a file of that name appeared in the meantime) or, with
+    `overwrite`, renamed over it.
+
+    Raises:
+        ValueError: `output` appeared since `load_for_conversion` checked it.
+        WriteError: saving or exporting failed; no `.keras` file was published.
+    """
+    output = pathlib.Path(output)
+    temporary = output.with_name(f".{output.stem}.{os.getpid()}.tmp.keras")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        model.save(temporary)
+        if export_name is not None:
+            from pipelines.serving.transaction import export_model
+
+            export_model(model, export_name, export_dir)
+        _publish(temporary, output, overwrite)
+    except FileExistsError:
+        if output.exists():
+            raise ValueError(_exists_message(output)) from None
+        raise WriteError(f"cannot create {str(output.parent)!r}: a file of that name "
+                         "exists") from None
+    except Exception as error:  # every failure of this phase is a write error
+        raise WriteError(f"writing {str(output)!r} failed: {error}") from error
+    finally:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:  # e.g. its folder could not be made: nothing to remove
+            pass
+
+
+def _publish(temporary, output, overwrite):
+    """`temporary` becomes `output`; without `overwrite` never over an existing file."""
+    if overwrite:
+        os.replace(temporary, output)
+        return
+    try:
+        os.link(temporary, output)  # atomic, and fails if `output` exists
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if output.exists():
+            raise FileExistsError(str(output)) from None
+        os.replace(temporary, output)
+
+
 def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=None, mean=None,
             std=None, export_name=None, export_dir="savedmodels", overwrite=False):
     """Loads `checkpoint`, writes `output` (.keras) and optionally exports it; returns the model.
@@ -73,53 +173,37 @@ def convert(checkpoint, output, *, image_size=None, num_classes=None, num_heads=
 
     Returns:
         The loaded `keras.Model`.
+
+    Raises:
+        ValueError, OSError: bad input (`load_for_conversion`); nothing written.
+        WriteError: writing failed (`write_conversion`); nothing published.
+
+    Example:
+    >>> convert("ViT-B_16.npz", "vit_b16_384.keras", image_size=(384, 384), num_classes=10)
     """
-    from keras_vit.models import load_checkpoint
-
-    output = pathlib.Path(output)
-    if output.suffix != ".keras":
-        raise ValueError(f"the output must be a .keras file; received {str(output)!r}")
-    if output.is_dir():
-        raise ValueError(f"the output {str(output)!r} is a folder; expected a .keras file path")
-    if output.exists() and not overwrite:
-        raise ValueError(f"the output {str(output)!r} exists; pass --overwrite (overwrite=True) "
-                         "to replace it, or choose another name")
-    if export_name is not None:
-        from pipelines.serving.model_info import validate_model_name
-
-        validate_model_name(export_name)
-    model = load_checkpoint(checkpoint, image_shape=image_size, num_classes=num_classes,
-                            num_heads=num_heads, mean=mean, std=std)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(temporary)
-        if export_name is not None:
-            from pipelines.serving.transaction import export_model
-
-            export_model(model, export_name, export_dir)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    model = load_for_conversion(checkpoint, output, image_size=image_size,
+                                num_classes=num_classes, num_heads=num_heads, mean=mean, std=std,
+                                export_name=export_name, export_dir=export_dir,
+                                overwrite=overwrite)
+    write_conversion(model, output, export_name=export_name, export_dir=export_dir,
+                     overwrite=overwrite)
     return model
 
 
 def main(argv=None):
     """`keras-vit convert ...`; returns the process exit code."""
-    from pipelines.serving.errors import ExportError
-
     args = build_parser().parse_args(argv)
     try:
         model = convert(args.checkpoint, args.output, image_size=args.image_size,
                         num_classes=args.num_classes, num_heads=args.num_heads, mean=args.mean,
                         std=args.std, export_name=args.export, export_dir=args.export_dir,
                         overwrite=args.overwrite)
-    except ValueError as error:  # bad input; CheckpointError is a ValueError
+    except WriteError as error:
         print(f"keras-vit convert: error: {error}", file=sys.stderr)
-        return 2
-    except (OSError, ExportError) as error:  # reading or writing failed
+        return EXIT_FAILED
+    except (ValueError, OSError) as error:  # bad input; CheckpointError is a ValueError
         print(f"keras-vit convert: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     print(f"wrote {args.output}: input {model.input_shape[1:]}, output {model.output_shape[1:]}, "
           f"{model.count_params():,} parameters")
     return 0

@@ -135,9 +135,9 @@ def check_port_free(port, flag="--port"):
 
     gRPC servers bind with SO_REUSEPORT, so TensorFlow starts a second
     dispatcher or worker on a port another one already serves, and the
-    kernel then splits connections between the two. A plain bind (with
+    kernel then splits connections between the two. A plain IPv4 bind (with
     SO_REUSEADDR, so a port freed moments ago in TIME_WAIT still counts as
-    free) fails on such a port.
+    free) fails on such a port; a server listening on IPv6 only is not seen.
     """
     if port == 0:
         return
@@ -254,13 +254,15 @@ def main(argv=None):
     try:
         if not 0 <= args.port < 65536:
             raise ValueError(f"--port {args.port}: expected 0..65535")
-        check_port_free(args.port)
         if args.role == "dispatcher":
+            check_port_free(args.port)
             server = start_dispatcher(args.port, args.work_dir)
             print(f"tf.data service dispatcher at {server.target}", flush=True)
         else:
+            check_port_free(args.port)  # now and again once the dispatcher answers
             wait_for_dispatcher(args.dispatcher,
                                 lambda line: print(line, file=sys.stderr, flush=True))
+            check_port_free(args.port)
             server = start_worker(args.dispatcher, args.port, args.worker_address)
             print(f"tf.data service worker at {server._address} for "
                   f"{args.dispatcher}", flush=True)

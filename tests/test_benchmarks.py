@@ -104,6 +104,9 @@ def test_flop_formula_matches_a_count_over_the_models_kernels(config):
 def test_flop_formula_rejects_a_patch_that_does_not_divide():
     with pytest.raises(ValueError, match="patch_size 16 must divide the image size 30x32"):
         flops.vit_forward_flops(30, 32, 3, 16, 192, 12, 768, 1000)
+    for bad in (0, 198):
+        with pytest.raises(ValueError, match=f"last_block_tokens={bad}: expected 1..197"):
+            flops.vit_forward_flops(224, 224, 3, 16, 192, 12, 768, 1000, last_block_tokens=bad)
 
 
 @pytest.mark.parametrize("name, op_type, category", [

@@ -86,6 +86,16 @@ def test_convert_missing_checkpoint_is_bad_input(tmp_path, capsys):
     assert not (tmp_path / "vit.keras").exists()
 
 
+def test_convert_with_an_unreadable_models_config_writes_nothing(tmp_path, npz_path, capsys):
+    export_dir = tmp_path / "savedmodels"
+    export_dir.mkdir()
+    (export_dir / "models.config").write_text("model_config_list { config { name: ")
+    out = tmp_path / "vit.keras"
+    assert main([npz_path, str(out), "--export", "vit", "--export-dir", str(export_dir)]) == 2
+    assert "models.config" in capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in export_dir.iterdir()) == ["models.config"]
+
+
 def test_convert_write_failure_exits_1(tmp_path, npz_path, capsys):
     (tmp_path / "blocker").write_text("a file where the output folder should be")
     assert main([npz_path, str(tmp_path / "blocker" / "vit.keras")]) == 1

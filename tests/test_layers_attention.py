@@ -858,3 +858,17 @@ def test_valid_arguments_are_accepted():
     make("ScaledDotProductAttention", dropout=0.0)
     make("MultiHeadAttention", num_heads=1, key_dim=1)
     make("NadarayaWatsonAttention", trainable_bandwidth=True, initial_bandwidth=2.0)
+
+
+def test_mha_keys_only_mask_applies_to_every_item_and_query():
+    # A one-axis `(Tk,)` mask with fewer queries than keys (was an axis error).
+    rng = np.random.default_rng(21)
+    query, value = rnd(rng, 2, 3, 8), rnd(rng, 2, 5, 8)
+    layer = make("MultiHeadAttention", num_heads=2, key_dim=4)
+    keys = np.array([1, 0, 1, 1, 0], bool)
+    out, weights = call_numpy(layer, (query, value), {"attention_mask": keys},
+                              return_attention_scores=True)
+    full = call_numpy(layer, (query, value),
+                      {"attention_mask": np.broadcast_to(keys, (2, 3, 5)).copy()})
+    np.testing.assert_allclose(out, full, atol=1e-6)
+    assert np.all(weights[..., ~keys] == 0)

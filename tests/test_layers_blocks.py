@@ -311,7 +311,8 @@ def test_encoder_block_matches_numpy(norm_first, mask_kind):
 
 
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre_norm", "post_norm"])
-@pytest.mark.parametrize("mask_kind", ["none", "valid_lens", "attention_mask", "key_mask"])
+@pytest.mark.parametrize("mask_kind", ["none", "valid_lens", "per_query_lens", "attention_mask",
+                                       "key_mask", "one_axis_mask"])
 @pytest.mark.parametrize("kept", [1, 3])
 def test_encoder_block_num_output_tokens_gives_the_first_rows(norm_first, mask_kind, kept):
     # The first `kept` rows of the numpy block: those tokens still attend to all five.
@@ -334,6 +335,12 @@ def test_encoder_block_num_output_tokens_gives_the_first_rows(norm_first, mask_k
         mask = np.broadcast_to(np.array([[[1, 1, 0, 1, 0]], [[0, 1, 1, 1, 1]]], bool),
                                (B, 5, 5))
         kwargs["attention_mask"] = mask[:, :1]
+    elif mask_kind == "one_axis_mask":  # keys only, for every item and query
+        kwargs["attention_mask"] = np.array([1, 0, 1, 1, 0], bool)
+        mask = np.broadcast_to(kwargs["attention_mask"], (B, 5, 5))
+    elif mask_kind == "per_query_lens":  # (B, T): each query its own number of keys
+        kwargs["valid_lens"] = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]], "int32")
+        mask = np.arange(5)[None, None, :] < kwargs["valid_lens"][:, :, None]
     out, scores = call_numpy(block, (x,), kwargs, return_attention_scores=True,
                              num_output_tokens=kept)
     ref = np_encoder(block, x, mask, norm_first, activation, 1e-6)
@@ -355,9 +362,11 @@ def test_encoder_block_num_output_tokens_in_a_functional_model():
     x = rnd(np.random.default_rng(3), B, 5, 8)
     np.testing.assert_allclose(to_numpy(rebuilt(x)), to_numpy(model(x)), atol=1e-6)
     assert to_numpy(rebuilt(x)).shape == (B, 2, 8)
-    # All five: the same as leaving it out.
+    # All five: the same as leaving it out; a numpy integer count works like an int.
     np.testing.assert_allclose(call_numpy(block, (x,), {}, num_output_tokens=5),
                                call_numpy(block, (x,), {}), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(block(x, num_output_tokens=np.int64(2))),
+                               call_numpy(block, (x,), {})[:, :2], atol=1e-6)
 
 
 @pytest.mark.parametrize("kept, needle", [(6, "num_output_tokens=6 exceeds the 5 tokens"),

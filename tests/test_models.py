@@ -17,8 +17,10 @@ from keras_vit.models import (
     VIT_VARIANTS,
     attention_rollout,
     attention_weights,
+    block_inputs_model,
     parse_variant,
     rollout_maps,
+    token_features,
     vision_transformer,
 )
 
@@ -219,6 +221,31 @@ def test_average_pooled_model_keeps_every_token():
     model = vision_transformer("Ti/4", (8, 8, 3), 5, pooling="gap", **TINY)
     last = blocks_of(model)[-1]
     assert tuple(last.output.shape) == tuple(last.input.shape) == (None, 4, 16)
+    assert token_features(model) is model.get_layer("encoder_norm").output
+
+
+@pytest.mark.parametrize("options", [{}, {"distillation_token": True}], ids=["cls", "deit"])
+def test_token_features_give_every_token_of_a_token_pooled_model(options):
+    model = vision_transformer("Ti/4", (8, 8, 3), 5, **TINY, **options)
+    features = keras.Model(model.inputs[0], token_features(model))
+    images = np.random.default_rng(5).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    # Reference: the last block's own layers on the tokens entering it, every row.
+    last = blocks_of(model)[-1]
+    entering = block_inputs_model(model)(images)[-1]
+    expected = model.get_layer("encoder_norm")(last(entering))
+    got = keras.ops.convert_to_numpy(features(images))
+    assert got.shape == (2, 4 + len(options) + 1, 16)
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
+    # The model itself still computes the prefix tokens alone, and they agree.
+    prefix = keras.Model(model.inputs[0], model.get_layer("encoder_norm").output)(images)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(prefix), got[:, :len(options) + 1],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_token_features_need_an_encoder_norm():
+    model = vision_transformer("Ti/4", (8, 8, 3), 5, pooling="gap", fc_norm=True, **TINY)
+    with pytest.raises(ValueError, match="has no `encoder_norm`"):
+        token_features(model)
 
 
 @pytest.mark.tensorflow_only

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_vit.models import block_inputs_model
 from keras_vit.models.decoder_steps import DecoderSteps
 from keras_vit.models.decoding import greedy_decode
 from keras_vit.models.transformer import (
@@ -125,13 +126,18 @@ def test_padding_mask_and_teacher_forcing_inputs():
                                   [[1, 5, 6, 2], [1, 7, 2, 0]])
 
 
-@pytest.mark.parametrize("factory", ["transformer", "image_to_sequence"])
+@pytest.mark.parametrize("factory", ["transformer", "image_to_sequence", "token_pooled_encoder"])
 def test_keras_round_trip_without_custom_objects(tmp_path, factory):
     if factory == "transformer":
         model, source = transformer(11, 13, tie_embeddings=True, **TINY), random_tokens((2, 6), 11)
     else:
+        # A token-pooled classifier as encoder: its last block is called twice (class
+        # token only in the classifier, every token for the decoder).
+        encoder = (dict(encoder=vision_transformer("Ti/4", (8, 16, 1), 10,
+                                                   **{**TINY_VIT, "depth": 2}))
+                   if factory == "token_pooled_encoder" else TINY_VIT)
         model = image_to_sequence("Ti/4", (8, 16, 1), 13, max_length=6, decoder_layers=2,
-                                  **TINY_VIT)
+                                  **encoder)
         source = np.random.default_rng(0).uniform(0, 255, (2, 8, 16, 1)).astype("float32")
     decoder = random_tokens((2, 5), 13)
     model.save(tmp_path / "model.keras")
@@ -157,8 +163,17 @@ def test_image_to_sequence_reuses_a_prebuilt_encoder():
     classifier = vision_transformer("Ti/4", (8, 8, 1), 10, **TINY_VIT)
     model = image_to_sequence("Ti/4", (8, 8, 1), 13, max_length=4, decoder_layers=1,
                               encoder=classifier)
-    memory, _ = DecoderSteps(model).encode(np.zeros((1, 8, 8, 1), "float32"))
+    images = np.random.default_rng(6).uniform(0, 255, (2, 8, 8, 1)).astype("float32")
+    memory, _ = DecoderSteps(model).encode(images)
     assert memory.shape[1] == 4 + 1  # the class token is one of the encoder's tokens
+    # Every token, although the classifier's own last block computes the class token only:
+    # the block's layers on the tokens entering it, then the encoder norm.
+    last = classifier.get_layer("encoder_block_0")  # TINY_VIT: one block
+    assert classifier.get_layer("encoder_norm").output.shape[1] == 1
+    entering = block_inputs_model(classifier)(images)
+    expected = classifier.get_layer("encoder_norm")(last(entering))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(memory),
+                               keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5)
     # Same layer objects: weights loaded into the classifier are the model's.
     assert model.get_layer("patch_embedding") is classifier.get_layer("patch_embedding")
     assert model.get_layer("decoder_block_0").num_heads == 2

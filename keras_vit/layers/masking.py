@@ -88,7 +88,8 @@ def masked_softmax(scores, mask=None, axis=-1):
         return ops.softmax(scores, axis=axis)
     mask = ops.cast(mask, "bool")
     while len(mask.shape) < len(scores.shape):
-        mask = ops.expand_dims(mask, -3)  # broadcast over the head axis
+        # A keys-only `(Tk,)` mask first gains its query axis, then every mask the head axis.
+        mask = ops.expand_dims(mask, -3 if len(mask.shape) >= 2 else 0)
     scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
     weights = ops.softmax(scores, axis=axis)
     return ops.where(mask, weights, ops.zeros_like(weights))

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_vit.layers.feed_forward import DropPath, PositionWiseFeedForward
 from keras_vit.layers.multi_head_attention import MultiHeadAttention
@@ -86,6 +87,23 @@ class _TransformerBlock(keras.layers.Layer):
         return config
 
 
+def _query_rows(attention_mask, valid_lens, kept):
+    """The rows of the first `kept` queries: `(..., Tq, Tk)` masks and `(B, Tq)` lengths.
+
+    One-axis masks (keys only) and `(B,)` lengths apply to every query and
+    stay as they are; a size-1 query axis stays 1.
+    """
+    if attention_mask is not None:
+        attention_mask = ops.convert_to_tensor(attention_mask)
+        if len(attention_mask.shape) >= 2:
+            attention_mask = attention_mask[..., :kept, :]
+    if valid_lens is not None:
+        valid_lens = ops.convert_to_tensor(valid_lens)
+        if len(valid_lens.shape) == 2:
+            valid_lens = valid_lens[:, :kept]
+    return attention_mask, valid_lens
+
+
 @keras.saving.register_keras_serializable(package="keras_vit")
 class TransformerEncoderBlock(_TransformerBlock):
     """Self-attention then a position-wise MLP, each in a residual branch.
@@ -129,15 +147,26 @@ class TransformerEncoderBlock(_TransformerBlock):
         self.mlp.build(input_shape)
         self.mlp_norm = self.norm2
 
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras turns numpy integers into tensors before `call`, where a token
+        # count must be a Python int (it sets a static shape).
+        kept = kwargs.get("num_output_tokens")
+        if isinstance(kept, (np.integer, np.ndarray)) and np.ndim(kept) == 0 \
+                and np.issubdtype(np.asarray(kept).dtype, np.integer):
+            kwargs["num_output_tokens"] = int(kept)
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs, attention_mask=None, valid_lens=None, return_attention_scores=False,
              training=None, num_output_tokens=None):
         """Args (besides the inputs and masks of `MultiHeadAttention`):
             num_output_tokens: int or None. Compute only the first this many
-                tokens' outputs (see the class docstring); `None`: all.
+                tokens' outputs (see the class docstring); `None`: all. Checked
+                against a static sequence length; with a length known only at
+                run time, a count above it gives every token.
         """
         kept = self._output_tokens(inputs.shape, num_output_tokens)
-        if kept is not None and attention_mask is not None and attention_mask.shape[-2] != 1:
-            attention_mask = attention_mask[..., :kept, :]  # the kept queries' rows
+        if kept is not None:  # the kept queries' rows of per-query masks and lengths
+            attention_mask, valid_lens = _query_rows(attention_mask, valid_lens, kept)
 
         def attend(h):
             query = h if kept is None else h[:, :kept]

@@ -28,11 +28,12 @@ from keras_vit.models.transformer import (
     transformer,
 )
 from keras_vit.models.tta import shift_averaged, shift_averaged_decode
-from keras_vit.models.vit import VIT_VARIANTS, parse_variant, vision_transformer
+from keras_vit.models.vit import VIT_VARIANTS, parse_variant, token_features, vision_transformer
 
 __all__ = ["VIT_VARIANTS", "CheckpointError", "DecoderSteps", "PaddingMask", "beam_search",
            "decoder_steps", "greedy_decode", "image_to_sequence", "length_normalised",
            "teacher_forcing_inputs", "transformer", "attention_rollout", "attention_weights",
            "block_inputs_model", "freeze_backbone", "gelu_tanh", "load_checkpoint",
            "open_checkpoint", "parse_variant", "replace_head", "resample_position_embedding",
-           "rollout_maps", "shift_averaged", "shift_averaged_decode", "vision_transformer"]
+           "rollout_maps", "shift_averaged", "shift_averaged_decode", "token_features",
+           "vision_transformer"]

@@ -28,7 +28,7 @@ from keras_vit.layers import (
     TransformerEncoderBlock,
 )
 from keras_vit.layers.validation import check_positive_int, check_rate
-from keras_vit.models.vit import vision_transformer
+from keras_vit.models.vit import token_features, vision_transformer
 
 #: Name of the layer whose output is the encoder memory, in every seq2seq model.
 ENCODER_OUTPUTS = "encoder_outputs"
@@ -212,21 +212,6 @@ def transformer(source_vocab_size, target_vocab_size, *, num_layers, hidden_dim,
     return keras.Model([source, decoder_tokens], logits, name=name)
 
 
-def _all_tokens(encoder):
-    """The output of a ViT's `encoder_norm` for every token, as a symbolic tensor.
-
-    A token-pooled ViT's last block computes the class token(s) only
-    (`num_output_tokens`); that block and the norm are called again, same
-    weights, on the block's input to give the decoder every token.
-    """
-    norm = encoder.get_layer("encoder_norm")
-    blocks = [layer for layer in encoder.layers if isinstance(layer, TransformerEncoderBlock)]
-    last = blocks[-1]
-    if tuple(last.output.shape) == tuple(last.input.shape):
-        return norm.output
-    return norm(last(last.input))
-
-
 def image_to_sequence(variant, image_shape, vocab_size, *, max_length, decoder_layers,
                       decoder_dim=None, decoder_heads=None, decoder_mlp_dim=None, dropout=0.0,
                       attention_dropout=0.0, tie_embeddings=False, norm_first=True,
@@ -235,7 +220,8 @@ def image_to_sequence(variant, image_shape, vocab_size, *, max_length, decoder_l
 
     Inputs `[images (B, H, W, C) in [0, 255], decoder_tokens (B, T)]`; output
     float32 logits `(B, T, vocab_size)`. The decoder cross-attends to every
-    token of the ViT trunk (the output of its `encoder_norm`).
+    token of the ViT trunk (its `encoder_norm` applied to every token,
+    `token_features`).
 
     Args:
         variant: str. ViT variant, e.g. `"Ti/4"` (see `vision_transformer`).
@@ -251,7 +237,9 @@ def image_to_sequence(variant, image_shape, vocab_size, *, max_length, decoder_l
         norm_first: bool. Pre-norm decoder blocks plus a final LayerNorm.
         activation: decoder MLP activation. Defaults to `"gelu"` (as in ViT).
         encoder: optional prebuilt ViT `keras.Model` (e.g. with pretrained
-            weights); its `encoder_norm` output is used, class token included.
+            weights); its normalised tokens are used, class token included
+            (`token_features`: a token-pooled encoder's last block is called
+            again on every token, same weights).
             By default one is built with `pooling="gap"` (patch tokens only).
         name: str. Model name. Defaults to `"image_to_sequence"`.
         **vit_options: further `vision_transformer` arguments (`patch_size`,
@@ -276,7 +264,7 @@ def image_to_sequence(variant, image_shape, vocab_size, *, max_length, decoder_l
     elif tuple(encoder.inputs[0].shape[1:]) != tuple(image_shape):
         raise ValueError(f"the encoder takes images of shape {tuple(encoder.inputs[0].shape[1:])}"
                          f"; received image_shape={tuple(image_shape)}")
-    trunk = _all_tokens(encoder)
+    trunk = token_features(encoder)
     vit_block = encoder.get_layer("encoder_block_0")
     config = _decoder_config(
         vocab_size, decoder_layers, decoder_dim or trunk.shape[-1],

@@ -171,7 +171,7 @@ def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1
     token, so the last block computes only those rows
     (`TransformerEncoderBlock(num_output_tokens=...)`): the same logits and
     gradients for ~7 % fewer FLOPs at Ti/16. `encoder_norm` then outputs
-    those tokens; `image_to_sequence(encoder=...)` recomputes every token.
+    those tokens; `token_features(model)` gives every token's.
 
     Args:
         variant: str. `"Ti" | "S" | "B" | "L" | "H"` with the patch size after a
@@ -268,3 +268,37 @@ def vision_transformer(variant="Ti/16", image_shape=(224, 224, 3), num_classes=1
     if name is None:
         name = f"vit_{size.lower()}{patching.patch_size[0]}"
     return keras.Model(images, x, name=name)
+
+
+def token_features(model):
+    """Every token's normalised output (`encoder_norm`) of a built ViT, as a symbolic tensor.
+
+    A token-pooled model's last block computes only its class (and
+    distillation) token, so `model.get_layer("encoder_norm").output` holds
+    only those; here that block and the norm are called again, same weights,
+    on the block's full input. Other models' `encoder_norm` output is
+    returned as it is.
+
+    Args:
+        model: a functional model from `vision_transformer` or `load_checkpoint`.
+
+    Returns:
+        A `(B, T, d)` KerasTensor of `model`'s graph, all `T` tokens.
+
+    Raises:
+        ValueError: `model` has no `encoder_norm` (`fc_norm=True` models) or
+            no `TransformerEncoderBlock`.
+
+    Example:
+    >>> features = keras.Model(model.inputs[0], token_features(model))
+    >>> features(images).shape  # (B, 1 + patches, hidden_dim)
+    """
+    names = [layer.name for layer in model.layers]
+    blocks = [layer for layer in model.layers if isinstance(layer, TransformerEncoderBlock)]
+    if "encoder_norm" not in names or not blocks:
+        raise ValueError(f"model {model.name!r} has no `encoder_norm` after a "
+                         "TransformerEncoderBlock (fc_norm models normalise pooled features only)")
+    norm, last = model.get_layer("encoder_norm"), blocks[-1]
+    if tuple(last.output.shape) == tuple(last.input.shape):
+        return norm.output
+    return norm(last(last.input))
