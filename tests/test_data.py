@@ -334,6 +334,20 @@ def test_unknown_dataset_name_fails_before_touching_data_dir(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("source, expected", [
+    ("mnist/bogus", "'mnist' has no config 'bogus'; expected none: 'mnist' has no configs, use "
+                    "'mnist'"),
+    ("emnist/bogus:3.1.0", "'emnist' has no config 'bogus'; expected one of ['byclass', "
+                           "'bymerge', 'balanced', 'letters', 'digits', 'mnist']"),
+])
+def test_unknown_dataset_config_names_the_configs_there_are(tmp_path, source, expected):
+    # tfds' own message listed "BuilderConfigs whose name closely match:" and nothing.
+    with pytest.raises(ValueError) as error:
+        load_datasets(source, data_dir=str(tmp_path))
+    assert f"cannot load tensorflow-datasets source {source!r}: {expected}" in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [

@@ -100,6 +100,29 @@ def tfds_splits(name, source, image_size, data_dir, offline, validation_fraction
     )
 
 
+def _check_config(name, source):
+    """Raises ValueError naming the configs there are when `name/config` names none of them.
+
+    tfds' own message lists "BuilderConfigs whose name closely match", an
+    empty list when none is close or the dataset has no configs.
+    """
+    base, slash, rest = name.partition("/")
+    if not slash:
+        return
+    config = rest.split(":", 1)[0]
+    try:
+        builder_class = tfds.builder_cls(base.split(":", 1)[0])
+    except Exception:  # an unknown name: tfds.builder says so below
+        return
+    configs = [c.name for c in (getattr(builder_class, "BUILDER_CONFIGS", None) or [])]
+    if config in configs:
+        return
+    expected = (f"one of {configs}" if configs
+                else f"none: {base!r} has no configs, use {base!r} (optionally 'name:version')")
+    raise ValueError(f"cannot load tensorflow-datasets source {source!r}: {base!r} has no config "
+                     f"{config!r}; expected {expected}")
+
+
 def tfds_builder(name, source, data_dir):
     """`tfds.builder(name)`, any failure to find it raised as one ValueError naming `source`.
 
@@ -107,6 +130,7 @@ def tfds_builder(name, source, data_dir):
         >>> tfds_builder("mnist", "mnist:3.0.1", "~/tfds").name
         'mnist'
     """
+    _check_config(name, source)
     try:
         return tfds.builder(name, data_dir=data_dir)
     except (ValueError, AssertionError, tfds.core.registered.DatasetNotFoundError) as err:
