@@ -280,6 +280,33 @@ def test_drop_path_rate_zero_is_identity_in_training():
 # ----------------------------------------------------------------------------
 # TransformerEncoderBlock
 # ----------------------------------------------------------------------------
+def _encoder_mask_case(kind, rng):
+    """`(call kwargs, the (B, 5, 5) boolean mask they mean)` for 5 tokens; `None`: no mask.
+
+    Kinds: key lengths `(B,)`, per-query lengths `(B, T)`, a full `(B, T, T)`
+    mask, a key-only `(B, 1, T)` mask, a one-axis `(T,)` mask.
+    """
+    if kind == "none":
+        return {}, None
+    if kind == "valid_lens":
+        lens = np.array([2, 5], "int32")
+        return {"valid_lens": lens}, np_valid_lens_mask(lens, 5, 5)
+    if kind == "per_query_lens":  # each query its own number of keys
+        lens = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]], "int32")
+        return {"valid_lens": lens}, np.arange(5)[None, None, :] < lens[:, :, None]
+    if kind == "attention_mask":  # one row per query
+        mask = rng.random((B, 5, 5)) > 0.4
+        mask[:, :, 1] = True
+        return {"attention_mask": mask}, mask
+    if kind == "key_mask":  # one row for every query
+        keys = np.array([[[1, 1, 0, 1, 0]], [[0, 1, 1, 1, 1]]], bool)
+        return {"attention_mask": keys}, np.broadcast_to(keys, (B, 5, 5))
+    if kind == "one_axis_mask":  # keys only, for every item and query
+        keys = np.array([1, 0, 1, 1, 0], bool)
+        return {"attention_mask": keys}, np.broadcast_to(keys, (B, 5, 5))
+    raise ValueError(kind)
+
+
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre_norm", "post_norm"])
 @pytest.mark.parametrize("mask_kind", ["none", "valid_lens", "attention_mask"])
 def test_encoder_block_matches_numpy(norm_first, mask_kind):
@@ -291,14 +318,7 @@ def test_encoder_block_matches_numpy(norm_first, mask_kind):
                  norm_first=norm_first, activation=activation, epsilon=eps)
     call_numpy(block, (x,), {})
     random_weights_(block, rng, scale=0.4)
-    kwargs, mask = {}, None
-    if mask_kind == "valid_lens":
-        kwargs["valid_lens"] = np.array([2, 5], "int32")
-        mask = np_valid_lens_mask(kwargs["valid_lens"], 5, 5)
-    elif mask_kind == "attention_mask":
-        mask = rng.random((B, 5, 5)) > 0.4
-        mask[:, :, 1] = True
-        kwargs["attention_mask"] = mask
+    kwargs, mask = _encoder_mask_case(mask_kind, rng)
     out, scores = call_numpy(block, (x,), kwargs, return_attention_scores=True)
     ref = np_encoder(block, x, mask, norm_first, activation, eps)
     np.testing.assert_allclose(out, ref, atol=1e-4 if not norm_first else ATOL)
@@ -323,24 +343,7 @@ def test_encoder_block_num_output_tokens_gives_the_first_rows(norm_first, mask_k
                  activation=activation)
     call_numpy(block, (x,), {})
     random_weights_(block, rng, scale=0.4)
-    kwargs, mask = {}, None
-    if mask_kind == "valid_lens":
-        kwargs["valid_lens"] = np.array([2, 5], "int32")
-        mask = np_valid_lens_mask(kwargs["valid_lens"], 5, 5)
-    elif mask_kind == "attention_mask":  # one row per query: the kept queries' rows apply
-        mask = rng.random((B, 5, 5)) > 0.4
-        mask[:, :, 1] = True
-        kwargs["attention_mask"] = mask
-    elif mask_kind == "key_mask":  # one row for every query
-        mask = np.broadcast_to(np.array([[[1, 1, 0, 1, 0]], [[0, 1, 1, 1, 1]]], bool),
-                               (B, 5, 5))
-        kwargs["attention_mask"] = mask[:, :1]
-    elif mask_kind == "one_axis_mask":  # keys only, for every item and query
-        kwargs["attention_mask"] = np.array([1, 0, 1, 1, 0], bool)
-        mask = np.broadcast_to(kwargs["attention_mask"], (B, 5, 5))
-    elif mask_kind == "per_query_lens":  # (B, T): each query its own number of keys
-        kwargs["valid_lens"] = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]], "int32")
-        mask = np.arange(5)[None, None, :] < kwargs["valid_lens"][:, :, None]
+    kwargs, mask = _encoder_mask_case(mask_kind, rng)
     out, scores = call_numpy(block, (x,), kwargs, return_attention_scores=True,
                              num_output_tokens=kept)
     ref = np_encoder(block, x, mask, norm_first, activation, 1e-6)
