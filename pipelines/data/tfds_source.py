@@ -103,8 +103,10 @@ def tfds_splits(name, source, image_size, data_dir, offline, validation_fraction
 def _check_config(name, source):
     """Raises ValueError naming the configs there are when `name/config` names none of them.
 
-    tfds' own message lists "BuilderConfigs whose name closely match", an
-    empty list when none is close or the dataset has no configs.
+    Called once `tfds.builder` has failed: its message lists "BuilderConfigs
+    whose name closely match", an empty list when none is close or the
+    dataset has no configs. (Configs a builder makes up at run time, not in
+    its `BUILDER_CONFIGS`, never get here: `tfds.builder` accepts them.)
     """
     base, slash, rest = name.partition("/")
     if not slash:
@@ -130,10 +132,10 @@ def tfds_builder(name, source, data_dir):
         >>> tfds_builder("mnist", "mnist:3.0.1", "~/tfds").name
         'mnist'
     """
-    _check_config(name, source)
     try:
         return tfds.builder(name, data_dir=data_dir)
     except (ValueError, AssertionError, tfds.core.registered.DatasetNotFoundError) as err:
+        _check_config(name, source)
         # e.g. a version that does not exist: keep the contract of a ValueError.
         raise ValueError(f"cannot load tensorflow-datasets source {source!r}: {err}") from err
 
