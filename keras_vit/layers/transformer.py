@@ -1,7 +1,6 @@
 """Transformer encoder and decoder blocks, pre-norm (ViT) or post-norm (original)."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_vit.layers.feed_forward import DropPath, PositionWiseFeedForward
@@ -13,6 +12,8 @@ from keras_vit.layers.validation import (
     check_positive_float,
     check_positive_int,
     check_rate,
+    is_int,
+    numpy_int_as_int,
 )
 
 
@@ -148,12 +149,9 @@ class TransformerEncoderBlock(_TransformerBlock):
         self.mlp_norm = self.norm2
 
     def __call__(self, inputs, *args, **kwargs):
-        # Keras turns numpy integers into tensors before `call`, where a token
-        # count must be a Python int (it sets a static shape).
-        kept = kwargs.get("num_output_tokens")
-        if isinstance(kept, (np.integer, np.ndarray)) and np.ndim(kept) == 0 \
-                and np.issubdtype(np.asarray(kept).dtype, np.integer):
-            kwargs["num_output_tokens"] = int(kept)
+        # The token count sets a static shape: a numpy integer must reach `call` as an int.
+        if "num_output_tokens" in kwargs:
+            kwargs["num_output_tokens"] = numpy_int_as_int(kwargs["num_output_tokens"])
         return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, attention_mask=None, valid_lens=None, return_attention_scores=False,
@@ -263,12 +261,12 @@ class TransformerDecoderBlock(_TransformerBlock):
         return self.self_attention.init_cache(batch_size, max_length)
 
     def __call__(self, inputs, *args, **kwargs):
-        # Keras turns numpy scalars into tensors before `call`, whose values cannot
-        # be checked there: a numpy `cache_update_index` is checked here instead.
-        index, cache = kwargs.get("cache_update_index"), kwargs.get("self_attention_cache")
-        if (isinstance(index, (np.integer, np.ndarray)) and np.ndim(index) == 0
-                and np.issubdtype(np.asarray(index).dtype, np.integer) and cache is not None):
-            check_cache_index(int(index), inputs.shape[1], cache.shape[2])
+        # A numpy `cache_update_index` becomes a tensor before `call`, where its value
+        # can no longer be checked: checked here (a tensor index passes unchecked).
+        index = numpy_int_as_int(kwargs.get("cache_update_index"))
+        cache = kwargs.get("self_attention_cache")
+        if is_int(index) and cache is not None:
+            check_cache_index(index, inputs.shape[1], cache.shape[2])
         return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, encoder_outputs, encoder_valid_lens=None, encoder_attention_mask=None,

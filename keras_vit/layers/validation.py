@@ -17,6 +17,19 @@ def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def numpy_int_as_int(value):
+    """A numpy integer scalar (or 0-d integer array) as a Python `int`; anything else as is.
+
+    Keras turns numpy call arguments into tensors before `call`, where their
+    values can no longer be read; layers apply this in `__call__` to integer
+    arguments that must stay Python ints (static shapes, range checks).
+    """
+    if isinstance(value, (np.integer, np.ndarray)) and np.ndim(value) == 0 \
+            and np.issubdtype(np.asarray(value).dtype, np.integer):
+        return int(value)
+    return value
+
+
 def _is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

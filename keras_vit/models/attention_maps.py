@@ -7,7 +7,8 @@ from keras import ops
 from keras_vit.layers import ClassToken, PatchEmbedding, TokenPooling, TransformerEncoderBlock
 
 
-def _encoder_blocks(model):
+def encoder_blocks(model):
+    """`model`'s `TransformerEncoderBlock` layers in order; ValueError when it has none."""
     blocks = [layer for layer in model.layers if isinstance(layer, TransformerEncoderBlock)]
     if not blocks:
         raise ValueError(f"model {model.name!r} has no TransformerEncoderBlock")
@@ -30,7 +31,7 @@ def block_inputs_model(model):
     Example:
     >>> tokens = block_inputs_model(model)(images)  # list of (B, T, d), one per block
     """
-    blocks = _encoder_blocks(model)
+    blocks = encoder_blocks(model)
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, [block.input for block in blocks],
                        name=f"{model.name}_block_inputs")
@@ -55,7 +56,7 @@ def attention_weights(model, images, batch_size=32):
     >>> weights = attention_weights(model, x_test[:8])
     >>> len(weights), weights[0].shape  # depth, (8, heads, tokens, tokens)
     """
-    blocks = _encoder_blocks(model)
+    blocks = encoder_blocks(model)
     extractor = block_inputs_model(model)
     images = np.asarray(images, dtype="float32")
     per_batch = []

@@ -17,6 +17,7 @@ from keras_vit.layers.validation import (
     is_int,
 )
 from keras_vit.models.activations import mlp_activation as mlp_activation_fn
+from keras_vit.models.attention_maps import encoder_blocks
 
 # Dosovitskiy et al., "An Image is Worth 16x16 Words", 2020, table 1; Ti and S from
 # Touvron et al., "Training data-efficient image transformers" (DeiT), 2020.
@@ -293,12 +294,11 @@ def token_features(model):
     >>> features = keras.Model(model.inputs[0], token_features(model))
     >>> features(images).shape  # (B, 1 + patches, hidden_dim)
     """
-    names = [layer.name for layer in model.layers]
-    blocks = [layer for layer in model.layers if isinstance(layer, TransformerEncoderBlock)]
-    if "encoder_norm" not in names or not blocks:
-        raise ValueError(f"model {model.name!r} has no `encoder_norm` after a "
-                         "TransformerEncoderBlock (fc_norm models normalise pooled features only)")
-    norm, last = model.get_layer("encoder_norm"), blocks[-1]
+    last = encoder_blocks(model)[-1]
+    if "encoder_norm" not in [layer.name for layer in model.layers]:
+        raise ValueError(f"model {model.name!r} has no `encoder_norm` (fc_norm models "
+                         "normalise pooled features only)")
+    norm = model.get_layer("encoder_norm")
     if tuple(last.output.shape) == tuple(last.input.shape):
         return norm.output
     return norm(last(last.input))

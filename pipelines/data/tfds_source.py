@@ -114,7 +114,7 @@ def _check_config(name, source):
     config = rest.split(":", 1)[0]
     try:
         builder_class = tfds.builder_cls(base.split(":", 1)[0])
-    except Exception:  # an unknown name: tfds.builder says so below
+    except Exception:  # an unknown name: the caller reports tfds' own error
         return
     configs = [c.name for c in (getattr(builder_class, "BUILDER_CONFIGS", None) or [])]
     if config in configs:
