@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from keras_vit.models.decoder_steps import DecoderSteps
-from keras_vit.models.decoding import beam_search, greedy_decode, length_normalised
+from keras_vit.models.decoding import beam_search, encode, greedy_decode, length_normalised
 from keras_vit.models.transformer import image_to_sequence, transformer
 
 PAD, START, END = 0, 1, 2
@@ -365,6 +365,70 @@ def test_decoding_a_model_without_a_decoder_is_refused():
     classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="encoder_outputs"):
         greedy_decode(classifier, np.zeros((1, 4)), max_length=2, start_id=START, end_id=END)
+
+
+# ------------------------------------------------- decoding from encoder outputs
+
+
+@pytest.mark.parametrize("kind", ["text_prenorm", "image_tied"])
+def test_decoding_from_encoded_equals_decoding_from_inputs(kind):
+    """`encoded=encode(model, x)` skips the encoder and changes nothing else; the
+    reference is the full model over the whole prefix (`reference_greedy`)."""
+    build, make_source = MODELS[kind]
+    model, source = build(), make_source()
+    encoded = encode(model, source)
+    memory, mask = encoded
+    # Text: one memory row per source token; image: (8 / 4) * (16 / 4) patches.
+    assert memory.shape[:2] == (3, source.shape[1] if kind.startswith("text") else 8)
+    assert (mask is None) == kind.startswith("image")
+    expected, expected_scores = reference_greedy(model, source, 6, end_id=END)
+    tokens, scores = greedy_decode(model, encoded=encoded, max_length=6, start_id=START,
+                                   end_id=END)
+    np.testing.assert_array_equal(np.asarray(tokens), expected)
+    np.testing.assert_allclose(np.asarray(scores), expected_scores, rtol=1e-5, atol=1e-5)
+    options = dict(beam_width=3, length_penalty=0.6, max_length=6, start_id=START, end_id=END)
+    from_inputs = beam_search(model, source, **options)
+    from_encoded = beam_search(model, encoded=encoded, **options)
+    np.testing.assert_array_equal(np.asarray(from_encoded[0]), np.asarray(from_inputs[0]))
+    np.testing.assert_allclose(np.asarray(from_encoded[1]), np.asarray(from_inputs[1]),
+                               rtol=1e-6)
+
+
+def test_one_encoding_decoded_twice_in_a_tf_function():
+    model, source = text_model(), source_tokens()
+
+    @tf.function
+    def greedy_and_beam(source):
+        encoded = encode(model, source)
+        return (greedy_decode(model, encoded=encoded, max_length=5, start_id=START,
+                              end_id=END)[0],
+                beam_search(model, encoded=encoded, beam_width=2, max_length=5,
+                            start_id=START, end_id=END)[0])
+
+    greedy, beam = greedy_and_beam(tf.constant(source))
+    np.testing.assert_array_equal(greedy.numpy(), reference_greedy(model, source, 5, END)[0])
+    np.testing.assert_array_equal(
+        beam.numpy(), np.asarray(beam_search(model, source, beam_width=2, max_length=5,
+                                             start_id=START, end_id=END)[0]))
+
+
+@pytest.mark.parametrize("inputs, encoded, message", [
+    ("source", "encoded", "exactly one of them; received inputs=given, encoded=given"),
+    (None, None, "exactly one of them; received inputs=None, encoded=None"),
+    (None, "memory", "must be the pair `\\(memory, memory_mask\\)`"),
+    (None, "narrow", "memory must have shape \\(batch, tokens, 16\\); received \\(3, 6, 8\\)"),
+    (None, "flat_mask", "memory_mask must have shape \\(batch, 1, tokens\\) or be None; "
+                        "received \\(3, 6\\)"),
+])
+def test_bad_encoded_is_named(inputs, encoded, message):
+    model, source = text_model(), source_tokens()
+    memory, mask = encode(model, source)
+    values = dict(source=source, encoded=(memory, mask), memory=memory,
+                  narrow=(memory[:, :, :8], mask), flat_mask=(memory, mask[:, 0]), **{"None": None})
+    for decode in (greedy_decode, beam_search):
+        with pytest.raises(ValueError, match=message):
+            decode(model, values[str(inputs)], encoded=values[str(encoded)], max_length=4,
+                   start_id=START, end_id=END)
 
 
 # ------------------------------------------------------ test-time view averaging

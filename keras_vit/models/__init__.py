@@ -19,7 +19,7 @@ from keras_vit.models.checkpoints import (
     resample_position_embedding,
 )
 from keras_vit.models.decoder_steps import DecoderSteps, decoder_steps
-from keras_vit.models.decoding import beam_search, greedy_decode, length_normalised
+from keras_vit.models.decoding import beam_search, encode, greedy_decode, length_normalised
 from keras_vit.models.finetune import freeze_backbone, replace_head
 from keras_vit.models.transformer import (
     PaddingMask,
@@ -31,7 +31,7 @@ from keras_vit.models.tta import shift_averaged, shift_averaged_decode
 from keras_vit.models.vit import VIT_VARIANTS, parse_variant, token_features, vision_transformer
 
 __all__ = ["VIT_VARIANTS", "CheckpointError", "DecoderSteps", "PaddingMask", "beam_search",
-           "decoder_steps", "greedy_decode", "image_to_sequence", "length_normalised",
+           "decoder_steps", "encode", "greedy_decode", "image_to_sequence", "length_normalised",
            "teacher_forcing_inputs", "transformer", "attention_rollout", "attention_weights",
            "block_inputs_model", "freeze_backbone", "gelu_tanh", "load_checkpoint",
            "open_checkpoint", "parse_variant", "replace_head", "resample_position_embedding",

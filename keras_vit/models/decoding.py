@@ -50,13 +50,56 @@ def _forbidden_penalty(vocab_size, pad_id, start_id, end_id):
     return ops.convert_to_tensor(penalty)
 
 
-def _prepare(model, inputs, max_length, copies=1):
+def encode(model, inputs):
+    """The encoder's output of a seq2seq model, to decode from more than once.
+
+    Args:
+        model: a `transformer` or `image_to_sequence` model.
+        inputs: the model's first input: source tokens `(B, S)` or images.
+
+    Returns:
+        `(memory (B, S, D), memory_mask (B, 1, S) bool or None)`: pass it as
+        `encoded=` to `greedy_decode` or `beam_search` instead of `inputs`
+        (the encoder then does not run again).
+
+    Example:
+    >>> encoded = encode(model, images)
+    >>> greedy, _ = greedy_decode(model, encoded=encoded, start_id=1, end_id=2)
+    >>> beam, _ = beam_search(model, encoded=encoded, start_id=1, end_id=2)
+    """
+    return decoder_steps(model).encode(inputs)
+
+
+def _encoder_outputs(steps, inputs, encoded):
+    """`(memory, mask)`: `steps.encode(inputs)`, or `encoded` checked against the decoder."""
+    if (inputs is None) == (encoded is None):
+        raise ValueError("pass the model's inputs or `encoded=encode(model, inputs)`, exactly "
+                         f"one of them; received inputs={'None' if inputs is None else 'given'}"
+                         f", encoded={'None' if encoded is None else 'given'}")
+    if encoded is None:
+        return steps.encode(inputs)
+    if not isinstance(encoded, (tuple, list)) or len(encoded) != 2:
+        raise ValueError("`encoded` must be the pair `(memory, memory_mask)` from "
+                         f"`encode(model, inputs)`; received {type(encoded).__name__}")
+    memory, mask = encoded
+    expected = steps.encoder.outputs[0].shape[-1]
+    if len(memory.shape) != 3 or memory.shape[-1] != expected:
+        raise ValueError(f"`encoded` memory must have shape (batch, tokens, {expected}); "
+                         f"received {tuple(memory.shape)}")
+    if mask is not None and (len(mask.shape) != 3 or mask.shape[1] != 1):
+        raise ValueError("`encoded` memory_mask must have shape (batch, 1, tokens) or be None; "
+                         f"received {tuple(mask.shape)}")
+    return memory, mask
+
+
+def _prepare(model, inputs, max_length, copies=1, encoded=None):
     """The `DecoderSteps`, its `StepContext` for `max_length` steps and the number of rows.
 
-    The encoder's memory and mask are repeated `copies` times per row (beams).
+    The encoder's memory and mask (of `inputs`, or `encoded`) are repeated
+    `copies` times per row (beams).
     """
     steps = decoder_steps(model)
-    memory, mask = steps.encode(inputs)
+    memory, mask = _encoder_outputs(steps, inputs, encoded)
     if copies > 1:
         memory = ops.repeat(memory, copies, axis=0)
         mask = None if mask is None else ops.repeat(mask, copies, axis=0)
@@ -84,7 +127,8 @@ def _averaged_log_probs(logits, penalty, num_views):
     return ops.log(ops.maximum(mean, 1e-30)) + penalty
 
 
-def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0, num_views=1):
+def greedy_decode(model, inputs=None, *, encoded=None, max_length=None, start_id, end_id,
+                  pad_id=0, num_views=1):
     """Most likely token at every step, until `end_id` or `max_length` tokens.
 
     Args:
@@ -92,6 +136,8 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0,
         inputs: the model's first input: source tokens `(B, S)` or images;
             with `num_views` > 1, `(B * num_views, ...)`: the views of each
             item adjacent.
+        encoded: instead of `inputs`, their `encode(model, inputs)`: the
+            encoder's output, computed once for several decodes.
         max_length: int. Most tokens to generate (end token included);
             defaults to the model's `max_length`.
         start_id, end_id, pad_id: int token ids.
@@ -108,7 +154,7 @@ def greedy_decode(model, inputs, *, max_length=None, start_id, end_id, pad_id=0,
     steps = decoder_steps(model)
     max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
     num_views = _check_views(num_views)
-    steps, context, rows = _prepare(model, inputs, max_length)
+    steps, context, rows = _prepare(model, inputs, max_length, encoded=encoded)
     batch = rows // num_views
     penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
 
@@ -186,8 +232,8 @@ def _check_beam_options(beam_width, length_penalty):
         raise ValueError(f"`length_penalty` must be a number >= 0; received {length_penalty!r}")
 
 
-def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=None, start_id,
-                end_id, pad_id=0, num_views=1):
+def beam_search(model, inputs=None, *, encoded=None, beam_width=4, length_penalty=0.6,
+                max_length=None, start_id, end_id, pad_id=0, num_views=1):
     """Beam search ranking hypotheses by length-normalised log-probability.
 
     Keeps `beam_width` hypotheses per input; at each step all their one-token
@@ -201,6 +247,8 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
         inputs: the model's first input: source tokens `(B, S)` or images;
             with `num_views` > 1, `(B * num_views, ...)`: the views of each
             item adjacent.
+        encoded: instead of `inputs`, their `encode(model, inputs)`: the
+            encoder's output, computed once for several decodes.
         beam_width: int > 0. Hypotheses kept per input.
         length_penalty: float >= 0. GNMT's alpha; 0: summed log-probability.
         max_length: int. Most tokens per hypothesis (end token included);
@@ -225,7 +273,7 @@ def beam_search(model, inputs, *, beam_width=4, length_penalty=0.6, max_length=N
     max_length = _check_ids(steps, max_length, start_id=start_id, end_id=end_id, pad_id=pad_id)
     num_views = _check_views(num_views)
     # Rows: item, view, beam (the memory of each view repeated per beam).
-    steps, context, rows = _prepare(model, inputs, max_length, beam_width)
+    steps, context, rows = _prepare(model, inputs, max_length, beam_width, encoded)
     batch = rows // (beam_width * num_views)
     flat_batch = batch * beam_width
     penalty = _forbidden_penalty(steps.vocab_size, pad_id, start_id, end_id)
