@@ -434,7 +434,7 @@ def test_batch_warp_composes_rotation_shift_and_flip_like_scipy():
 
 
 def test_shift_flip_equals_the_warp_bit_for_bit():
-    """The rotation-free kinds' matrix products give `warp`'s pixels exactly.
+    """The rotation-free kinds' pixel gather gives `warp`'s pixels exactly.
 
     Shifts up to past the image (all zeros), flips with and without shifts,
     H != W and two channels; reference: the bilinear sampler with the same maps,
@@ -452,6 +452,8 @@ def test_shift_flip_equals_the_warp_bit_for_bit():
     got = shift_flip(tf.constant(images), tf.constant(offsets), tf.constant(mirror)).numpy()
     np.testing.assert_array_equal(got, expected)
     assert not got[1].any() and not got[2].any()  # shifted out entirely
+    empty = shift_flip(tf.zeros((0, 9, 7, 2)), tf.zeros((0, 2), tf.int32), tf.zeros((0,), bool))
+    assert empty.shape == (0, 9, 7, 2)
 
 
 def test_batch_augmenter_draws_per_image_and_keeps_half_the_batch_sharp():
