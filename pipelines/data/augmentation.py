@@ -174,9 +174,9 @@ def shift_flip(images, offsets, mirror):
     columns = tf.where(mirror[:, None], width - 1 - columns, columns) + offsets[:, 1:]  # (B, W)
     inside = (((rows >= 0) & (rows < height))[:, :, None]
               & ((columns >= 0) & (columns < width))[:, None, :])  # (B, H, W)
+    # Positions outside the input get the zero pixel below, whatever `source` says there.
     source = ((tf.range(batch) * (height * width))[:, None, None]
-              + tf.clip_by_value(rows, 0, height - 1)[:, :, None] * width
-              + tf.clip_by_value(columns, 0, width - 1)[:, None, :])
+              + rows[:, :, None] * width + columns[:, None, :])
     zero_pixel = batch * height * width  # the index of the appended zero pixel
     pixels = tf.concat([tf.reshape(images, (-1, channels)),
                         tf.zeros((1, channels), images.dtype)], axis=0)
