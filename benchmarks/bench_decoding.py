@@ -28,7 +28,10 @@ CPU that cap is near 3 at length 5. Target: >= 3x for the loops alone at
 length 5, growing with length, at batch 1: the verdict passes on that, and
 says the same for the whole decode. With `--xla` the
 cached loop and the decoder baseline are also timed under XLA
-(`jit_compile=True`). The encoder's time alone is printed for reference.
+(`jit_compile=True`), and the verdict also compares each side at its fastest
+compiler per length (peer's best time / ours' best, as `vit` picks each
+side's configuration); it passes if the graphs or the fastest-of pass. The
+encoder's time alone is printed for reference.
 
 Also printed: the ops in the cached loop's body (one step), from the traced
 graph (constants and identities not counted).
@@ -161,6 +164,22 @@ def _verdict(ratios, lengths, batch, peer):
                     + ", ".join(f"{r:.1f}x at {n}" for n, r in zip(lengths, peer_ratios)))
 
 
+def _best_verdict(ratios, lengths, batch, peer, compilers):
+    """`(passed, text)` as `_verdict`, each side at its fastest compiler per length.
+
+    The ratio is the peer's fastest time (graph or XLA) over ours' fastest,
+    as `vit` picks each side's configuration (issue 13's protocol).
+    """
+    best = []
+    for n in lengths:
+        results = [ratios[(compiler, batch, peer, n)] for compiler in compilers]
+        best.append(min(r.peer_s for r in results) / min(r.ours_s for r in results))
+    passed = best[0] >= TARGET_RATIO_AT_5 and all(
+        later >= earlier for earlier, later in zip(best, best[1:]))
+    return passed, (f"batch {batch}: {'PASS' if passed else 'MISS'} "
+                    + ", ".join(f"{r:.1f}x at {n}" for n, r in zip(lengths, best)))
+
+
 def _measure_all(model, all_images, end_id, lengths, compilers, timing):
     """Times every (compiler, batch, length, peer); returns `(rows, records, ratios)`."""
     import itertools
@@ -231,25 +250,33 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
     body = loop_body_ops(model, all_images, lengths[0])
     print(f"   cached loop body: {sum(body.values())} ops per step; "
           + ", ".join(f"{op} {n}" for op, n in body.most_common(8)), flush=True)
+    compilers = ("graph", "xla") if xla else ("graph",)
     with common.Stopwatch() as total:
-        rows, records, ratios = _measure_all(model, all_images, end_id, lengths,
-                                             ("graph", "xla") if xla else ("graph",), timing)
+        rows, records, ratios = _measure_all(model, all_images, end_id, lengths, compilers,
+                                             timing)
     whole = [_verdict(ratios, lengths, batch, "decoder") for batch in BATCHES]
     loop = [_verdict(ratios, lengths, batch, LOOP_PEER) for batch in BATCHES]
-    passed = loop[0][0]
+    # Each side at its fastest compiler: the loop alone, then the whole decode.
+    best = [_best_verdict(ratios, lengths, batch, peer, compilers)
+            for peer in (LOOP_PEER, "decoder") for batch in BATCHES]
+    passed = loop[0][0] or best[0][0]
     clearly_slower = any(r.ratio < 1 and r.p_slower < common.SIGNIFICANCE
                          for r in ratios.values())
     verdict = (f"{'PASS' if passed else 'MISS'}: cached vs decoder recomputation, decoding "
                "loop alone (same encoder output given): " + "; ".join(text for _, text in loop)
                + "; whole decode (encoder included): " + "; ".join(text for _, text in whole)
+               + f"; each side at its fastest of {'/'.join(compilers)}, loop alone: "
+               + "; ".join(text for _, text in best[:len(BATCHES)]) + ", whole decode: "
+               + "; ".join(text for _, text in best[len(BATCHES):])
                + f" (target >= {TARGET_RATIO_AT_5:.0f}x at 5, growing with length, batch 1, "
-               "loop alone)")
+               "loop alone, graphs or each side's fastest)")
     print(common.format_table(["compile", "batch", "length", "recompute", "cached ms",
                                "recompute ms", "encoder ms", "recompute/cached", "cpu ratio"],
                               rows))
     print(f"verdict: {verdict}\n({common.load_note()}; {total.seconds:.0f} s)")
     path = common.write_results("decoding", dict(
-        quick=quick, passed=passed, whole_passed=whole[0][0], clearly_slower=clearly_slower,
+        quick=quick, passed=passed, whole_passed=whole[0][0], best_of_passed=best[0][0],
+        clearly_slower=clearly_slower,
         verdict=verdict,
         loop_body_ops=dict(body), config=dict(image_shape=IMAGE_SHAPE, vocab=VOCAB,
                                               batches=BATCHES, timing=timing,

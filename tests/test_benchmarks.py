@@ -283,3 +283,28 @@ def test_memory_worker_peak_is_the_workers_own_not_its_parents():
     child_peak = float(child.stdout.strip())
     assert held.sum() == held.size
     assert 1 < child_peak < 200, child_peak
+
+
+def test_decoding_verdict_takes_each_sides_fastest_compiler():
+    from benchmarks.bench_decoding import LOOP_PEER, _best_verdict, _verdict
+
+    def result(ours_s, peer_s):
+        return common.Comparison(ours_s=ours_s, peer_s=peer_s, ratio=peer_s / ours_s, pairs=9)
+
+    lengths = (5, 10)
+    # Graphs: 2x then 3x. XLA: ours 1 ms and 1.5 ms, the peer 4 ms and 9 ms.
+    ratios = {("graph", 1, LOOP_PEER, 5): result(3e-3, 6e-3),
+              ("graph", 1, LOOP_PEER, 10): result(4e-3, 12e-3),
+              ("xla", 1, LOOP_PEER, 5): result(1e-3, 4e-3),
+              ("xla", 1, LOOP_PEER, 10): result(1.5e-3, 9e-3)}
+    assert not _verdict(ratios, lengths, 1, LOOP_PEER)[0]  # 2x at 5 < 3x
+    passed, text = _best_verdict(ratios, lengths, 1, LOOP_PEER, ("graph", "xla"))
+    # Best of each side: peer 4 ms / ours 1 ms at 5, 9 / 1.5 at 10: 4x then 6x.
+    assert passed and text == "batch 1: PASS 4.0x at 5, 6.0x at 10"
+    # The peer's best graph time beating its XLA time is taken too: 2.5 ms / 1 ms.
+    ratios[("graph", 1, LOOP_PEER, 5)] = result(3e-3, 2.5e-3)
+    passed, text = _best_verdict(ratios, lengths, 1, LOOP_PEER, ("graph", "xla"))
+    assert not passed and text == "batch 1: MISS 2.5x at 5, 6.0x at 10"
+    # Graph rows only: the graph ratios.
+    assert _best_verdict(ratios, lengths, 1, LOOP_PEER, ("graph",))[1] == \
+        "batch 1: MISS 0.8x at 5, 3.0x at 10"
