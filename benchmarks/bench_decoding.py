@@ -227,8 +227,9 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
         `(passed, clearly_slower)`: passed when the cached decoding loop is >= 3x
         faster than the recomputing one at length 5 and the ratio grows with
         length, at batch 1 (both loops on the same encoder output: the
-        encoder, run once by both, is not decoding); clearly_slower when
-        caching is significantly slower anywhere.
+        encoder, run once by both, is not decoding), as graphs or with each
+        side at its fastest compiler; clearly_slower when caching is
+        significantly slower anywhere.
     """
     import keras
     import numpy as np
