@@ -155,17 +155,21 @@ def decoders(model, length, end_id, jit_compile=False):
     return whole, loops
 
 
-def _verdict(ratios, lengths, batch, peer):
+def _judge(per_length, lengths, batch):
     """`(passed, text)`: >= 3x at the first length, growing with length, at `batch`."""
-    peer_ratios = [ratios[("graph", batch, peer, n)].ratio for n in lengths]
-    passed = peer_ratios[0] >= TARGET_RATIO_AT_5 and all(
-        later >= earlier for earlier, later in zip(peer_ratios, peer_ratios[1:]))
+    passed = per_length[0] >= TARGET_RATIO_AT_5 and all(
+        later >= earlier for earlier, later in zip(per_length, per_length[1:]))
     return passed, (f"batch {batch}: {'PASS' if passed else 'MISS'} "
-                    + ", ".join(f"{r:.1f}x at {n}" for n, r in zip(lengths, peer_ratios)))
+                    + ", ".join(f"{r:.1f}x at {n}" for n, r in zip(lengths, per_length)))
+
+
+def _verdict(ratios, lengths, batch, peer):
+    """`_judge` of the graphs' paired ratios."""
+    return _judge([ratios[("graph", batch, peer, n)].ratio for n in lengths], lengths, batch)
 
 
 def _best_verdict(ratios, lengths, batch, peer, compilers):
-    """`(passed, text)` as `_verdict`, each side at its fastest compiler per length.
+    """`_judge` with each side at its fastest compiler per length.
 
     The ratio is the peer's fastest time (graph or XLA) over ours' fastest,
     as `vit` picks each side's configuration (issue 13's protocol).
@@ -174,10 +178,7 @@ def _best_verdict(ratios, lengths, batch, peer, compilers):
     for n in lengths:
         results = [ratios[(compiler, batch, peer, n)] for compiler in compilers]
         best.append(min(r.peer_s for r in results) / min(r.ours_s for r in results))
-    passed = best[0] >= TARGET_RATIO_AT_5 and all(
-        later >= earlier for earlier, later in zip(best, best[1:]))
-    return passed, (f"batch {batch}: {'PASS' if passed else 'MISS'} "
-                    + ", ".join(f"{r:.1f}x at {n}" for n, r in zip(lengths, best)))
+    return _judge(best, lengths, batch)
 
 
 def _measure_all(model, all_images, end_id, lengths, compilers, timing):
