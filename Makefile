@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
+# oneDNN on AVX2-only CPUs too, as keras-vit's commands do (pipelines/onednn.py).
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 
 # The layer and model tests run a second time on JAX: keras_vit/ is keras.ops only.
 BACKEND_TESTS := $(wildcard tests/test_layers_*.py) tests/test_models.py

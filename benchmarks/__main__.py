@@ -72,6 +72,9 @@ def main(argv=None):
     args, names = parse_arguments(argv)
     import importlib
 
+    from pipelines.onednn import prefer_onednn
+
+    prefer_onednn()  # before TensorFlow is imported, as keras-vit's commands (pipelines/onednn.py)
     import tensorflow as tf
 
     if args.threads:

@@ -266,6 +266,8 @@ def environment():
     import keras
     import tensorflow as tf
 
+    from pipelines.onednn import onednn_enabled
+
     info = {
         "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
@@ -278,6 +280,7 @@ def environment():
         "cpu_count": os.cpu_count(),
         "cpu": cpu_facts(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "onednn": onednn_enabled(),
     }
     try:
         import keras_hub
@@ -309,9 +312,11 @@ def load_note():
 
 def cpu_note():
     """One line naming the CPU and its flags that matter for matmuls."""
+    from pipelines.onednn import onednn_note
+
     cpu = cpu_facts()
     return (f"CPU {cpu['model']}; flags: {' '.join(cpu['flags']) or 'none of interest'}; "
-            f"native bf16: {'yes' if cpu['native_bf16'] else 'no'}")
+            f"native bf16: {'yes' if cpu['native_bf16'] else 'no'}; {onednn_note()}")
 
 
 class Stopwatch:

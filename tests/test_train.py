@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from pipelines import train as train_module
+from pipelines.onednn import onednn_enabled, onednn_note
 from pipelines.precision import PRECISIONS, choose_precision, cpu_has_amx_bf16, cpu_has_bf16
 from pipelines.train import TrainConfig, main, train
 
@@ -118,6 +119,8 @@ def test_cli_run_writes_every_artifact(cli_run):
     assert metrics["inference_images_per_second"] > 0
     assert metrics["wall_seconds"] > 0
     assert metrics["precision"] == "float32"
+    assert metrics["onednn"] is onednn_enabled()
+    assert f"XLA: off; {onednn_note()}" in cli_run["out"]
     assert metrics["parameters"] == tiny_parameters()
     assert metrics["epochs_this_run"] == 1 and metrics["resumed"] is False
 

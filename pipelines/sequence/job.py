@@ -17,6 +17,7 @@ import dataclasses
 import os
 import time
 
+from pipelines.onednn import onednn_enabled, onednn_note
 from pipelines.sequence.config import check_sequence_config
 from pipelines.sequence.fit import (
     build_sequence_model,
@@ -79,7 +80,8 @@ def train_sequence(config, log=print):
         log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
             f"{info.num_test} test images of shape {info.image_shape}; vocabulary "
             f"{''.join(info.vocab.characters)!r} ({info.vocab.size} tokens)")
-        log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}")
+        log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}; "
+            f"{onednn_note()}")
         if config.train_strings == "fresh":
             from pipelines.sequence.fresh_strings import length_warmup_epochs
 
@@ -90,7 +92,7 @@ def train_sequence(config, log=print):
                    if warmup else ""))
         resumed = prepare_sequence_run(config, plan, info.vocab, log)
         fitted = phases.timed("fit", fit_sequence_model, config, data, log)
-        metrics = {"task": "sequence", "dataset": info.name, "precision": policy,
+        metrics = {"task": "sequence", "dataset": info.name, "precision": policy, "onednn": onednn_enabled(),
                    "xla": config.xla, "epochs": config.epochs, "resumed": resumed,
                    "vocabulary": "".join(info.vocab.characters), "max_length": config.max_length,
                    "beam_width": config.beam_width, "length_penalty": config.length_penalty,

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from pipelines.onednn import onednn_enabled
 from pipelines.training.config import model_kwargs
 from pipelines.training.fit import FitOutcome, compiled_model
 from pipelines.training.preflight import check_outputs
@@ -377,6 +378,7 @@ def train_distributed(config, log=print):
             _wait_for_the_chief(cluster, log)
             return {}
         metrics = {"dataset": info.name, "precision": policy, "precision_reason": reason,
+                   "onednn": onednn_enabled(),
                    "xla": False, "epochs": config.epochs, "resumed": resumed,
                    "init": getattr(config, "init", None), "distribute": config.distribute,
                    "replicas": strategy.num_replicas_in_sync,

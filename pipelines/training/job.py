@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from pipelines.onednn import onednn_enabled, onednn_note
 from pipelines.training import evaluation as evaluation_module
 from pipelines.training.config import check_config, check_tta_shift, model_kwargs
 from pipelines.training.data_loading import describe_data, describe_fit, load_run_data
@@ -125,10 +126,12 @@ def train(config, log=print):
 
     policy, reason = choose_precision(config.precision)
     keras.config.set_dtype_policy(policy)
-    log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}")
+    log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}; "
+        f"{onednn_note()}")
     try:
         fitted = phases.timed("fit", fit_model, config, data, kwargs, log)
         metrics = {"dataset": info.name, "precision": policy, "precision_reason": reason,
+                   "onednn": onednn_enabled(),
                    "xla": config.xla, "epochs": config.epochs, "fit_on": config.fit_on,
                    "resumed": resumed,
                    "init": config.init, **_data_metrics(info)}
