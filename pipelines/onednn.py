@@ -71,3 +71,13 @@ def onednn_note():
     value = os.environ.get(ONEDNN_VARIABLE)
     return f"oneDNN: {state}" + (f" ({ONEDNN_VARIABLE}={value})" if value not in (None, "1")
                                  else "")
+
+
+def compute_line(policy, reason, xla):
+    """The jobs' log line on how they compute: precision (and why), XLA, oneDNN.
+
+    Example:
+    >>> compute_line("float32", "requested", True)
+    'precision: float32 (requested); XLA: on; oneDNN: on'
+    """
+    return f"precision: {policy} ({reason}); XLA: {'on' if xla else 'off'}; {onednn_note()}"

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 
-from pipelines.onednn import onednn_enabled, onednn_note
+from pipelines.onednn import compute_line, onednn_enabled
 from pipelines.sequence.config import check_sequence_config
 from pipelines.sequence.fit import (
     build_sequence_model,
@@ -80,8 +80,7 @@ def train_sequence(config, log=print):
         log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
             f"{info.num_test} test images of shape {info.image_shape}; vocabulary "
             f"{''.join(info.vocab.characters)!r} ({info.vocab.size} tokens)")
-        log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}; "
-            f"{onednn_note()}")
+        log(compute_line(policy, reason, config.xla))
         if config.train_strings == "fresh":
             from pipelines.sequence.fresh_strings import length_warmup_epochs
 
@@ -92,8 +91,9 @@ def train_sequence(config, log=print):
                    if warmup else ""))
         resumed = prepare_sequence_run(config, plan, info.vocab, log)
         fitted = phases.timed("fit", fit_sequence_model, config, data, log)
-        metrics = {"task": "sequence", "dataset": info.name, "precision": policy, "onednn": onednn_enabled(),
-                   "xla": config.xla, "epochs": config.epochs, "resumed": resumed,
+        metrics = {"task": "sequence", "dataset": info.name, "precision": policy,
+                   "onednn": onednn_enabled(), "xla": config.xla, "epochs": config.epochs,
+                   "resumed": resumed,
                    "vocabulary": "".join(info.vocab.characters), "max_length": config.max_length,
                    "beam_width": config.beam_width, "length_penalty": config.length_penalty,
                    "tta_shift": config.tta_shift, "fit_on": config.fit_on,

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from pipelines.onednn import onednn_enabled, onednn_note
+from pipelines.onednn import compute_line, onednn_enabled
 from pipelines.training import evaluation as evaluation_module
 from pipelines.training.config import check_config, check_tta_shift, model_kwargs
 from pipelines.training.data_loading import describe_data, describe_fit, load_run_data
@@ -126,8 +126,7 @@ def train(config, log=print):
 
     policy, reason = choose_precision(config.precision)
     keras.config.set_dtype_policy(policy)
-    log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}; "
-        f"{onednn_note()}")
+    log(compute_line(policy, reason, config.xla))
     try:
         fitted = phases.timed("fit", fit_model, config, data, kwargs, log)
         metrics = {"dataset": info.name, "precision": policy, "precision_reason": reason,

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import time
 
-from pipelines.onednn import onednn_note
+from pipelines.onednn import compute_line
 from pipelines.tuning import leaderboard as board
 from pipelines.tuning.config import READ_BATCH, check_config
 from pipelines.tuning.space_input import (
@@ -136,8 +136,7 @@ def tune(config, log=print, callbacks=None):
         # The hypermodel applies the policy to every trial itself: keras-tuner
         # clears the Keras session, global policy included, before each one.
         hypermodel.dtype_policy = policy
-        log(f"precision: {policy} ({reason}); XLA: {'on' if config.xla else 'off'}; "
-            f"{onednn_note()}")
+        log(compute_line(policy, reason, config.xla))
         context = SearchContext(config=config, role=distributed_role(), hypermodel=hypermodel,
                                 data=data, policy=policy, log=log, start=start)
         tuner = _start_tuner(context, objective)
