@@ -31,7 +31,10 @@ cached loop and the decoder baseline are also timed under XLA
 (`jit_compile=True`), and the verdict also compares each side at its fastest
 compiler per length (peer's best time / ours' best, as `vit` picks each
 side's configuration); it passes if the graphs or the fastest-of pass. The
-encoder's time alone is printed for reference.
+encoder's time alone is printed for reference. Last, the two loops alone at
+batch 1 are timed again in two fresh processes, oneDNN on and off
+(`benchmarks/decoding_onednn.py`): on AVX2-only CPUs the ratio depends on
+that setting, and the verdict is the run's own setting's.
 
 Also printed: the ops in the cached loop's body (one step), from the traced
 graph (constants and identities not counted).
@@ -256,6 +259,14 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
     with common.Stopwatch() as total:
         rows, records, ratios = _measure_all(model, all_images, end_id, lengths, compilers,
                                              timing)
+    # The same loops at batch 1 with oneDNN on and off (a fresh process each):
+    # on AVX2-only CPUs the recompute/cached ratio depends on that setting.
+    from benchmarks.decoding_onednn import contrast, table_rows
+
+    onednn = contrast(lengths)
+    print("loops alone, batch 1, graphs, a fresh process per oneDNN setting:\n"
+          + common.format_table(["oneDNN", "length", "cached ms", "recompute ms",
+                                 "recompute/cached"], table_rows(onednn)))
     whole = [_verdict(ratios, lengths, batch, "decoder") for batch in BATCHES]
     loop = [_verdict(ratios, lengths, batch, LOOP_PEER) for batch in BATCHES]
     # Each side at its fastest compiler: the loop alone, then the whole decode.
@@ -279,7 +290,7 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
     path = common.write_results("decoding", dict(
         quick=quick, passed=passed, whole_passed=whole[0][0], best_of_passed=best[0][0],
         clearly_slower=clearly_slower,
-        verdict=verdict,
+        verdict=verdict, onednn_contrast=onednn,
         loop_body_ops=dict(body), config=dict(image_shape=IMAGE_SHAPE, vocab=VOCAB,
                                               batches=BATCHES, timing=timing,
                                               **model_options()),

@@ -308,3 +308,32 @@ def test_decoding_verdict_takes_each_sides_fastest_compiler():
     # Graph rows only: the graph ratios.
     assert _best_verdict(ratios, lengths, 1, LOOP_PEER, ("graph",))[1] == \
         "batch 1: MISS 0.8x at 5, 3.0x at 10"
+
+
+def test_decoding_loops_agree_and_are_timed_in_this_process():
+    from benchmarks.decoding_onednn import measure, table_rows
+
+    # measure() itself asserts that the cached and recomputing loops emit the same tokens.
+    result = measure([2, 3], min_rounds=2, min_time=0.0)
+    assert sorted(result) == ["2", "3"]
+    for row in result.values():
+        assert row["cached_ms"] > 0 and row["recompute_ms"] > 0
+    rows = table_rows({"1": result})
+    assert [row[:2] for row in rows] == [["on", "2"], ["on", "3"]]
+    assert float(rows[0][4]) == pytest.approx(
+        result["2"]["recompute_ms"] / result["2"]["cached_ms"], abs=0.006)
+
+
+@pytest.mark.slow
+def test_decoding_onednn_worker_runs_with_the_setting_it_was_given(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "loops.json"
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", KERAS_BACKEND="tensorflow")
+    subprocess.run([sys.executable, "-m", "benchmarks.decoding_onednn", str(out), "2"],
+                   cwd=common.REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
+    worker = json.loads(out.read_text())
+    assert worker["onednn"] in (False, None)  # None: this TensorFlow does not say
+    assert worker["loops"]["2"]["cached_ms"] > 0
