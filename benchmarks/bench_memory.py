@@ -12,10 +12,7 @@ after building (the steps' own working set: activations, gradients, optimizer
 slots, compiled code).
 """
 
-import json
 import statistics
-import subprocess
-import sys
 
 from benchmarks import common
 from benchmarks.vit_models import QUICK_DEPTH, SIDES, TI16
@@ -25,14 +22,8 @@ STEPS = 3
 
 def measure_in_subprocess(side, policy, depth, batch, compiler, steps=STEPS):
     """One `memory_worker` run; returns its JSON record."""
-    command = [sys.executable, "-m", "benchmarks.memory_worker", side, policy, str(depth),
-               str(batch), compiler, str(steps)]
-    completed = subprocess.run(command, cwd=common.REPO_ROOT, capture_output=True, text=True,
-                               check=False, timeout=3600)
-    if completed.returncode != 0:
-        raise RuntimeError(f"memory_worker {side} exited {completed.returncode}: "
-                           f"{completed.stderr[-2000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return common.run_worker("benchmarks.memory_worker",
+                             [side, policy, depth, batch, compiler, steps])
 
 
 def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):

@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -353,3 +354,30 @@ def run_job(command, timeout=7200):
         raise RuntimeError(f"training job exited {completed.returncode}: "
                            f"{completed.stderr[-2000:]}")
     return wall.seconds
+
+
+def run_worker(module, args, *, env=None, timeout=3600):
+    """Runs `python -m MODULE ARGS...` from the repository root; returns the JSON of its last stdout line.
+
+    The benchmarks' fresh-process workers (`memory_worker`, `decoding_onednn`)
+    print one JSON record as their last line.
+
+    Args:
+        module: the worker's module name, e.g. `"benchmarks.memory_worker"`.
+        args: its command-line arguments (converted with `str`).
+        env: the worker's environment (None: this process's).
+        timeout: seconds before it is killed.
+
+    Raises:
+        RuntimeError: the worker exited non-zero (its stderr tail in the message).
+
+    Example:
+    >>> record = run_worker("benchmarks.decoding_onednn", [5, 20])
+    """
+    completed = subprocess.run([sys.executable, "-m", module] + [str(arg) for arg in args],
+                               cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                               check=False, timeout=timeout)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{module} exited {completed.returncode}: "
+                           f"{completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -2,12 +2,13 @@
 
 TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once, at import, so the two settings
 cannot share a process: `contrast(lengths)` starts
-`python -m benchmarks.decoding_onednn OUT.json LENGTH ...` once with `1` and
+`python -m benchmarks.decoding_onednn LENGTH ...` once with `1` and
 once with `0`. Each worker builds the decoding benchmark's model
 (`bench_decoding.build_model`), encodes one image, and times the cached loop
 (`greedy_decode` on the encoder output) and the recomputing loop
 (`DecoderSteps.prefix_logits` over the growing prefix) as graphs, every length
-interleaved call by call (`common.interleave`), medians.
+interleaved call by call (`common.interleave`), medians, and prints them as
+one JSON line (`common.run_worker` reads it).
 
 Why: on an AVX2-only CPU oneDNN slows the recomputing loop's tiny matmuls
 over a prefix that grows each step far more than it slows the cached loop,
@@ -15,14 +16,12 @@ so the recompute/cached ratio under keras-vit's default (oneDNN on) is
 partly oneDNN's (benchmarks/README.md, session 20).
 
 Example:
-    python -m benchmarks.decoding_onednn /tmp/loops.json 5 20
+    python -m benchmarks.decoding_onednn 5 20
 """
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 from benchmarks import common
 
@@ -64,23 +63,14 @@ def contrast(lengths, timeout=900):
     """`{setting: measure(lengths)}` for `TF_ENABLE_ONEDNN_OPTS` 1 and 0, each in its own process.
 
     Raises:
-        RuntimeError: a worker failed (its stderr's tail in the message), or
+        RuntimeError: a worker failed (`common.run_worker`), or
             its TensorFlow did not take the setting.
     """
     results = {}
     for setting in SETTINGS:
-        with tempfile.TemporaryDirectory() as folder:
-            out = os.path.join(folder, "loops.json")
-            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, KERAS_BACKEND="tensorflow")
-            completed = subprocess.run(
-                [sys.executable, "-m", "benchmarks.decoding_onednn", out]
-                + [str(length) for length in lengths],
-                cwd=common.REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-            if completed.returncode != 0:
-                raise RuntimeError(f"decoding_onednn worker (TF_ENABLE_ONEDNN_OPTS={setting}) "
-                                   f"failed:\n{completed.stderr[-2000:]}")
-            with open(out) as handle:
-                worker = json.load(handle)
+        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, KERAS_BACKEND="tensorflow")
+        worker = common.run_worker("benchmarks.decoding_onednn", lengths, env=env,
+                                   timeout=timeout)
         if worker["onednn"] not in (None, setting == "1"):  # None: TensorFlow does not say
             raise RuntimeError(f"TF_ENABLE_ONEDNN_OPTS={setting} did not take effect in the "
                                f"worker (oneDNN enabled: {worker['onednn']})")
@@ -96,12 +86,10 @@ def table_rows(results):
 
 
 def main(argv):
-    out, lengths = argv[0], [int(length) for length in argv[1:]]
     from pipelines.onednn import onednn_enabled
 
-    result = {"onednn": onednn_enabled(), "loops": measure(lengths)}
-    with open(out, "w") as handle:
-        json.dump(result, handle)
+    lengths = [int(length) for length in argv]
+    print(json.dumps({"onednn": onednn_enabled(), "loops": measure(lengths)}))
 
 
 if __name__ == "__main__":

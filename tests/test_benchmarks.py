@@ -325,15 +325,8 @@ def test_decoding_loops_agree_and_are_timed_in_this_process():
 
 
 @pytest.mark.slow
-def test_decoding_onednn_worker_runs_with_the_setting_it_was_given(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    out = tmp_path / "loops.json"
+def test_decoding_onednn_worker_runs_with_the_setting_it_was_given():
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", KERAS_BACKEND="tensorflow")
-    subprocess.run([sys.executable, "-m", "benchmarks.decoding_onednn", str(out), "2"],
-                   cwd=common.REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
-    worker = json.loads(out.read_text())
+    worker = common.run_worker("benchmarks.decoding_onednn", [2], env=env, timeout=600)
     assert worker["onednn"] in (False, None)  # None: this TensorFlow does not say
     assert worker["loops"]["2"]["cached_ms"] > 0
