@@ -128,11 +128,10 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
     print(common.format_table(headers, rows))
     print(f"verdict: {text}")
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("attention", dict(
+    common.write_results("attention", dict(
         quick=quick, tolerance=tolerance, passed=passed, clearly_slower=clearly_slower,
         verdict=text,
         config=dict(num_heads=NUM_HEADS, key_dim=KEY_DIM, width=WIDTH, timing=timing,
                     batch_rule=f"min({MAX_BATCH}, {TOKENS_PER_BATCH} // length)"),
         results=records, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return passed, clearly_slower

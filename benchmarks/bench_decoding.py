@@ -287,7 +287,7 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
                                "recompute ms", "encoder ms", "recompute/cached", "cpu ratio"],
                               rows))
     print(f"verdict: {verdict}\n({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("decoding", dict(
+    common.write_results("decoding", dict(
         quick=quick, passed=passed, whole_passed=whole[0][0], best_of_passed=best[0][0],
         clearly_slower=clearly_slower,
         verdict=verdict, onednn_contrast=onednn,
@@ -295,7 +295,6 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
                                               batches=BATCHES, timing=timing,
                                               **model_options()),
         results=records, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return passed, clearly_slower
 
 

@@ -88,12 +88,11 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
           "not judged (quick)" if quick else
           f"accuracy {'PASS' if accuracy_ok else 'FAIL'}, wall {'PASS' if wall_ok else 'FAIL'}"]]))
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("folder", dict(
+    common.write_results("folder", dict(
         quick=quick, folder_sizes=sizes, process_wall_seconds=wall, accuracy_ok=accuracy_ok,
         wall_ok=wall_ok, targets=dict(wall_seconds=WALL_TARGET_SECONDS,
                                       margin_over_svc=MARGIN_OVER_SVC),
         options=_chosen(metrics), metrics=metrics, seconds=total.seconds))
-    print(f"results: {os.path.relpath(path, common.REPO_ROOT)}")
     if quick:
         return True, False
     return accuracy_ok and wall_ok, not accuracy_ok

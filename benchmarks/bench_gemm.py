@@ -143,10 +143,9 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
     print(f"training FLOPs per image: {training_flops_per_image(depth) / 1e9:.2f} G "
           f"(3 x forward matmuls, {depth} blocks)")
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("gemm", dict(
+    common.write_results("gemm", dict(
         quick=quick, goal_share=GOAL_SHARE,
         config=dict(sizes=sizes, depth=depth, batch=batch, timing=timing, compilers=compilers,
                     training_flops_per_image=training_flops_per_image(depth)),
         results=records, profile=profile, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return True, False

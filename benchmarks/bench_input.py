@@ -158,12 +158,11 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
     print(f"(steps: the digits preset in {policy}, batch {digits_batch}; the preset scaled to "
           f"the folder in {folder_policy}, batch {folder_batch})")
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("input", dict(
+    common.write_results("input", dict(
         quick=quick, target=TARGET,
         config=dict(batch=BATCH, folder_images=count, folder_file_size=FOLDER_FILE_SIZE,
                     folder_image_size=FOLDER_IMAGE_SIZE, timing=timing, train_policy=policy,
                     folder_train_policy=folder_policy, digits_step_batch=digits_batch,
                     folder_step_batch=folder_batch),
         results=records, timings=timings, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return True, False

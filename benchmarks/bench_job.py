@@ -108,7 +108,6 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
                                 test_accuracy=metrics.get("test_accuracy"),
                                 epochs=epoch_breakdown(probe), probe=probe))
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("job", dict(quick=quick, config=dict(epochs=epochs, xla=xla),
+    common.write_results("job", dict(quick=quick, config=dict(epochs=epochs, xla=xla),
                                             results=records, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return True, False

@@ -66,9 +66,8 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
     print(common.format_table(["precision", "compile", "ours peak MiB", "keras-hub peak MiB",
                                "k/o", "ours step MiB", "keras-hub step MiB", "ours <= k"], rows))
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("memory", dict(
+    common.write_results("memory", dict(
         quick=quick, tolerance=tolerance, passed=passed,
         config=dict(depth=depth, batch=batch, pairs=pairs, steps=STEPS, compilers=compilers),
         results=records, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return passed, False

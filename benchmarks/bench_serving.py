@@ -18,11 +18,8 @@ p50 (> 1: ours faster; issue 13's target >= 1.25). Ours does slightly more per
 request (input checks, softmax, top-k) than keras-hub's logits-only signature.
 """
 
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 
 from benchmarks import common
@@ -50,20 +47,9 @@ def export_pair(policy, depth, directory):
 
 def time_in_fresh_process(ours_dir, peer_dir, batch, rounds, min_time):
     """Runs `benchmarks.serving_worker` on both exports; returns its JSON record."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
-        out = handle.name
-    try:
-        command = [sys.executable, "-m", "benchmarks.serving_worker", out, ours_dir, peer_dir,
-                   "--batch", str(batch), "--rounds", str(rounds), "--min-time", str(min_time)]
-        completed = subprocess.run(command, cwd=common.REPO_ROOT, capture_output=True,
-                                   text=True, check=False, timeout=3600)
-        if completed.returncode != 0:
-            raise RuntimeError(f"serving_worker exited {completed.returncode}: "
-                               f"{completed.stderr[-2000:]}")
-        with open(out) as handle:
-            return json.load(handle)
-    finally:
-        os.remove(out)
+    return common.run_worker("benchmarks.serving_worker",
+                             [ours_dir, peer_dir, "--batch", batch, "--rounds", rounds,
+                              "--min-time", min_time])
 
 
 def summarize(record, batch):
@@ -121,10 +107,9 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
                                "keras-hub p50/p99 ms", "latency k/o", f">={TARGET}"], rows))
     print(f"verdict: {text}")
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("serving", dict(
+    common.write_results("serving", dict(
         quick=quick, tolerance=tolerance, target=TARGET, passed=passed,
         clearly_slower=clearly_slower, verdict=text,
         config=dict(depth=depth, batch=batch, rounds=rounds, min_time=min_time),
         results=records, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return passed, clearly_slower

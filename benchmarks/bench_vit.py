@@ -145,11 +145,10 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
     print(common.format_table(headers, rows))
     print(f"verdict: {text}")
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
-    path = common.write_results("vit", dict(
+    common.write_results("vit", dict(
         quick=quick, tolerance=tolerance, target=TARGET, passed=passed,
         clearly_slower=clearly_slower, verdict=text,
         config=dict(image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, batch=batch, timing=timing,
                     compilers=compilers, **dict(TI16, num_layers=depth)),
         parameters=params, results=records, seconds=total.seconds))
-    print(f"results: {path.relative_to(common.REPO_ROOT)}")
     return passed, clearly_slower

@@ -295,11 +295,16 @@ def environment():
 
 
 def write_results(name, payload):
-    """Writes `payload` plus the environment to `runs/bench/<name>.json`; returns the path."""
+    """Writes `payload` plus the environment to `runs/bench/<name>.json`, prints and returns the path.
+
+    The printed path is relative to the repository when the results folder is
+    inside it (tests point `RESULTS_DIR` elsewhere).
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     data = {"benchmark": name, "environment": environment(), **payload}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"results: {os.path.relpath(path, REPO_ROOT)}")
     return path
 
 
@@ -359,7 +364,8 @@ def run_job(command, timeout=7200):
 def run_worker(module, args, *, env=None, timeout=3600):
     """Runs `python -m MODULE ARGS...` from the repository root; returns the JSON of its last stdout line.
 
-    The benchmarks' fresh-process workers (`memory_worker`, `decoding_onednn`)
+    The benchmarks' fresh-process workers (`memory_worker`, `decoding_onednn`,
+    `serving_worker`)
     print one JSON record as their last line.
 
     Args:

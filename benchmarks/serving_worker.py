@@ -1,4 +1,4 @@
-"""`python -m benchmarks.serving_worker OUT.json OURS_DIR PEER_DIR ...`: time two SavedModels.
+"""`python -m benchmarks.serving_worker OURS_DIR PEER_DIR ...`: time two SavedModels.
 
 Runs in a fresh process that imports TensorFlow only (no keras_vit, no
 keras-hub, no pipelines: what a serving process has). Loads both SavedModels with
@@ -8,14 +8,15 @@ interleaved round by round (order rotating):
 - `throughput`: one call on a batch of `--batch` images;
 - `latency`: one call on a single image.
 
-Writes `{"timings": {task: {side: {"wall": [...], "cpu": [...], "first_s"}}},
+Prints its JSON record as the last stdout line (`common.run_worker` reads
+it): `{"timings": {task: {side: {"wall": [...], "cpu": [...], "first_s"}}},
 "modules_imported": {"keras_vit": False, "keras_hub": False, ...},
-"inputs": {side: input name}, "output_dtypes": ...}` to OUT.json. Only the
-standard library and TensorFlow are imported here (`benchmarks.common` imports
+"inputs": {side: input name}, "output_dtypes": ...}`. Only the standard
+library and TensorFlow are imported here (`benchmarks.common` imports
 neither at module level; `import tensorflow` pulls in `keras` by itself).
 
 Example:
-    python -m benchmarks.serving_worker /tmp/s.json /tmp/ours /tmp/peer --batch 32 --rounds 50
+    python -m benchmarks.serving_worker /tmp/ours /tmp/peer --batch 32 --rounds 50
 """
 
 import argparse
@@ -43,7 +44,6 @@ def serving_call(signature, name, images):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving_worker")
-    parser.add_argument("out")
     parser.add_argument("ours")
     parser.add_argument("peer")
     parser.add_argument("--batch", type=int, default=32)
@@ -77,8 +77,7 @@ def main(argv=None):
     # what matters is that neither model's library is needed to serve it.
     result["modules_imported"] = {name: name in sys.modules
                                   for name in ("keras_vit", "keras_hub", "keras", "pipelines")}
-    with open(args.out, "w") as handle:
-        json.dump(result, handle)
+    print(json.dumps(result))  # the last stdout line: common.run_worker reads it
     return 0
 
 

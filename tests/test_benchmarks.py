@@ -330,3 +330,29 @@ def test_decoding_onednn_worker_runs_with_the_setting_it_was_given():
     worker = common.run_worker("benchmarks.decoding_onednn", [2], env=env, timeout=600)
     assert worker["onednn"] in (False, None)  # None: this TensorFlow does not say
     assert worker["loops"]["2"]["cached_ms"] > 0
+
+
+@pytest.mark.slow
+def test_serving_benchmark_times_both_exports_in_a_tensorflow_only_worker(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import bench_serving
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(common, "precisions_for_this_cpu", lambda: ["float32"])
+    bench_serving.run(quick=True, repeats=3)
+    record = json.loads((tmp_path / "serving.json").read_text())
+    (result,) = record["results"]
+    # The worker served both SavedModels without either model's library.
+    imported = result["modules_imported_in_worker"]
+    assert not imported["keras_vit"] and not imported["keras_hub"] and not imported["pipelines"]
+    assert result["output_dtypes"]["ours"] == {"probabilities": "float32",
+                                               "top_k_scores": "float32",
+                                               "top_k_classes": "int32"}
+    for task in ("throughput", "latency"):
+        walls = {side: result["timings"][task][side]["wall"] for side in ("ours", "keras_hub")}
+        assert len(walls["ours"]) == len(walls["keras_hub"]) >= 3
+    summary = result["summary"]
+    assert summary["ours"]["images_per_s"] == pytest.approx(
+        8 / np.median(result["timings"]["throughput"]["ours"]["wall"]))
+    assert summary["throughput_ratio"]["ratio"] > 0 and summary["latency_ratio"]["ratio"] > 0
