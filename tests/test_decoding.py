@@ -247,6 +247,7 @@ def test_narrow_beam_score_is_its_hypothesis_score():
 # ------------------------------------------------------------- graph execution
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("kind", ["text_postnorm", "image_tied"])
 def test_decoding_inside_tf_function_matches_eager(kind):
     build, make_source = MODELS[kind]
@@ -272,6 +273,7 @@ def test_decoding_inside_tf_function_matches_eager(kind):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only
 def test_beam_search_in_a_savedmodel(tmp_path):
     model, source = text_model(), source_tokens()
 
@@ -398,6 +400,7 @@ def test_decoding_from_encoded_equals_decoding_from_inputs(kind):
                                rtol=1e-6)
 
 
+@pytest.mark.tensorflow_only
 def test_one_encoding_decoded_twice_in_a_tf_function():
     model, source = text_model(), source_tokens()
 

@@ -220,6 +220,7 @@ def reversal_task(count, max_digits, seed):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only  # trains and decodes inside tf.function
 def test_transformer_learns_to_reverse_digit_strings():
     """Teacher forcing with fit, then greedy decoding: >= 99 % exact sequences."""
     max_digits, steps, batch = 6, 600, 64

@@ -57,10 +57,20 @@ def _check_plain(layer):
 
 
 def _dense(layer, dtype, scale=None):
-    """`Dense` or `EinsumDense` as a 2-D `(kernel (D_in, D_out), bias (D_out,) or None)`."""
+    """`Dense` or `EinsumDense` as a 2-D `(kernel (D_in, D_out), bias (1, D_out) or None)`.
+
+    The bias is a row, not a vector: TensorFlow's oneDNN graph rewrite fuses
+    a matmul and the add of a 1-D bias into one `_MklNativeFusedMatMul`,
+    which on a single token's `(B, D)` rows costs more than the plain matmul
+    and add it replaces (a chain of `(1, 64) @ (64, 64)` + bias: 16 against
+    11.5 us per link, Zen 3); the add of a `(1, D_out)` row is left alone.
+    At batch 1 with oneDNN on, decoding 10-40 tokens took 8-14 % less time
+    (benchmarks/README.md, session 21); same values.
+    """
     _check_plain(layer)
     kernel, bias = dense_matrix(layer, dtype, scale)  # scaled as the layer's own call does
-    return Dense(_variable(kernel, dtype), None if bias is None else _variable(bias, dtype))
+    return Dense(_variable(kernel, dtype),
+                 None if bias is None else _variable(ops.reshape(bias, (1, -1)), dtype))
 
 
 def read_norm(layer):
