@@ -109,5 +109,5 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
                                 epochs=epoch_breakdown(probe), probe=probe))
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
     common.write_results("job", dict(quick=quick, config=dict(epochs=epochs, xla=xla),
-                                            results=records, seconds=total.seconds))
+                                     results=records, seconds=total.seconds))
     return True, False

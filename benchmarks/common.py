@@ -337,6 +337,19 @@ class Stopwatch:
         return False
 
 
+def _run_checked(command, what, *, env=None, timeout):
+    """`subprocess.run(command)` from the repository root, output captured; raises if it failed.
+
+    Raises:
+        RuntimeError: `what` exited non-zero (its stderr tail in the message).
+    """
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                               check=False, timeout=timeout)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{what} exited {completed.returncode}: {completed.stderr[-2000:]}")
+    return completed
+
+
 def run_job(command, timeout=7200):
     """Runs a training-job command line from the repository root; returns its wall seconds.
 
@@ -350,14 +363,8 @@ def run_job(command, timeout=7200):
     Example:
     >>> seconds = run_job([sys.executable, "-m", "pipelines.cli", "train", "--epochs", "1"])
     """
-    import subprocess
-
     with Stopwatch() as wall:
-        completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                                   check=False, timeout=timeout)
-    if completed.returncode != 0:
-        raise RuntimeError(f"training job exited {completed.returncode}: "
-                           f"{completed.stderr[-2000:]}")
+        _run_checked(command, "training job", timeout=timeout)
     return wall.seconds
 
 
@@ -365,8 +372,7 @@ def run_worker(module, args, *, env=None, timeout=3600):
     """Runs `python -m MODULE ARGS...` from the repository root; returns the JSON of its last stdout line.
 
     The benchmarks' fresh-process workers (`memory_worker`, `decoding_onednn`,
-    `serving_worker`)
-    print one JSON record as their last line.
+    `serving_worker`) print one JSON record as their last line.
 
     Args:
         module: the worker's module name, e.g. `"benchmarks.memory_worker"`.
@@ -380,10 +386,6 @@ def run_worker(module, args, *, env=None, timeout=3600):
     Example:
     >>> record = run_worker("benchmarks.decoding_onednn", [5, 20])
     """
-    completed = subprocess.run([sys.executable, "-m", module] + [str(arg) for arg in args],
-                               cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                               check=False, timeout=timeout)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{module} exited {completed.returncode}: "
-                           f"{completed.stderr[-2000:]}")
+    completed = _run_checked([sys.executable, "-m", module] + [str(arg) for arg in args],
+                             module, env=env, timeout=timeout)
     return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -64,7 +64,7 @@ def _dense(layer, dtype, scale=None):
     which on a single token's `(B, D)` rows costs more than the plain matmul
     and add it replaces (a chain of `(1, 64) @ (64, 64)` + bias: 16 against
     11.5 us per link, Zen 3); the add of a `(1, D_out)` row is left alone.
-    At batch 1 with oneDNN on, decoding 10-40 tokens took 8-14 % less time
+    At batch 1 with oneDNN on, decoding 10-40 tokens took 4-33 % less time
     (benchmarks/README.md, session 21); same values.
     """
     _check_plain(layer)
