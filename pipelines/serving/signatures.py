@@ -72,10 +72,15 @@ def check_float_images(images, image_shape):
     # One vectorised IsFinite pass and a reduction, not `assert_all_finite`: its
     # CheckNumerics kernel scans on one thread (7.4 ms against 0.7 ms for 32
     # 224x224x3 images on a 2-core Zen 5, about 3 % of a ViT-Ti/16 request).
-    finite = tf.debugging.Assert(
-        tf.reduce_all(tf.math.is_finite(images)),
-        ["images must not contain NaN or Inf pixels"],
-    )
+    # The finiteness reduction runs only after the shape check: the signature's
+    # static rank-4 spec lets grappler give the reduction explicit axes 0..3, so on
+    # a rank-3 request it would fail first with "Invalid reduction dimension" and
+    # which error the client saw would depend on thread scheduling.
+    with tf.control_dependencies([assertion]):
+        finite = tf.debugging.Assert(
+            tf.reduce_all(tf.math.is_finite(images)),
+            ["images must not contain NaN or Inf pixels"],
+        )
     with tf.control_dependencies([assertion, finite]):
         return tf.identity(images)
 
