@@ -26,11 +26,15 @@ speed-up of caching itself. The encoder runs once on both sides of the whole
 decode, so it caps that ratio at `(encoder + peer decoder) / encoder`: on a
 CPU that cap is near 3 at length 5. Target: >= 3x for the loops alone at
 length 5, growing with length, at batch 1: the verdict passes on that, and
-says the same for the whole decode. With `--xla` the
+says the same for the whole decode. Every row is timed twice: as plain
+graphs and as the same graphs run by TensorFlow's single-threaded executor
+(`single`: `pipelines.sequence.executor`, how the sequence job evaluates and
+its export serves; both sides get it), and the verdict also compares each
+side at its fastest configuration per length (peer's best time / ours' best,
+as `vit` picks each side's configuration). With `--xla` the
 cached loop and the decoder baseline are also timed under XLA
-(`jit_compile=True`), and the verdict also compares each side at its fastest
-compiler per length (peer's best time / ours' best, as `vit` picks each
-side's configuration); it passes if the graphs or the fastest-of pass. The
+(`jit_compile=True`) and enter the fastest-of comparison; the verdict passes
+if the graphs or the fastest-of pass. The
 encoder's time alone is printed for reference. Last, the two loops alone at
 batch 1 are timed again in two fresh processes, oneDNN on and off
 (`benchmarks/decoding_onednn.py`): on AVX2-only CPUs the ratio depends on
@@ -58,6 +62,10 @@ ARCHITECTURE_OPTIONS = ("variant", "hidden_dim", "depth", "num_heads", "mlp_dim"
 LENGTHS = (5, 10, 20, 40)
 QUICK_LENGTHS = (5, 20)
 TARGET_RATIO_AT_5 = 3.0
+#: How both sides are compiled: TensorFlow graphs (`tf.function`), the same graphs run by
+#: the single-threaded executor (`pipelines.sequence.executor`, as the sequence job and
+#: its export decode), and XLA (`jit_compile=True`, with `--xla`).
+CONFIGURATIONS = ("graph", "single", "xla")
 #: The peer row timing the two decoding loops alone, on the same encoder output.
 LOOP_PEER = "decoder, loop only"
 
@@ -121,17 +129,30 @@ def loop_body_ops(model, images, length):
                                if node.op not in ("Const", "Identity", "NoOp"))
 
 
-def decoders(model, length, end_id, jit_compile=False):
-    """tf.functions `(cached, recompute_decoder, recompute_model)` of images and
-    `(cached_loop, recompute_loop)` of the encoder's output (the loops alone)."""
+def decoders(model, length, end_id, configuration="graph"):
+    """Functions `(cached, recompute_decoder, recompute_model)` of images and
+    `(cached_loop, recompute_loop)` of the encoder's output (the loops alone).
+
+    `configuration` (`CONFIGURATIONS`): "graph" and "xla" compile each with
+    `tf.function` (`jit_compile` for "xla"); "single" runs each decoding loop
+    by the single-threaded executor and the encoder as a graph around it
+    (`pipelines.sequence.executor.image_decoder`'s split), the model peer
+    single-threaded whole.
+    """
     import tensorflow as tf
     from keras import ops
 
     from keras_vit.models.decoder_steps import decoder_steps
     from keras_vit.models.decoding import greedy_decode
+    from pipelines.sequence.executor import single_threaded_function
 
+    if configuration not in CONFIGURATIONS:
+        raise ValueError(f"configuration must be one of {CONFIGURATIONS}; "
+                         f"received {configuration!r}")
     steps = decoder_steps(model)
-    compile_ = functools.partial(tf.function, jit_compile=jit_compile)
+    compile_ = functools.partial(tf.function, jit_compile=configuration == "xla")
+    if configuration == "single":
+        compile_ = single_threaded_function
     options = dict(max_length=length, start_id=START, end_id=end_id)
 
     def prefix_loop(batch, next_logits):
@@ -149,12 +170,16 @@ def decoders(model, length, end_id, jit_compile=False):
     def model_loop(images):
         return prefix_loop(tf.shape(images)[0], lambda prefix: model([images, prefix])[:, -1])
 
-    whole = (compile_(lambda images: greedy_decode(model, images, **options)[0]),
-             compile_(lambda images: decoder_loop(*steps.encode(images))),
-             compile_(model_loop))
     # The benchmark's model has no source mask: its encoder output is the memory alone.
     loops = (compile_(lambda memory: greedy_decode(model, encoded=(memory, None), **options)[0]),
              compile_(lambda memory: decoder_loop(memory, None)))
+    if configuration == "single":
+        whole = tuple(tf.function(lambda images, loop=loop: loop(steps.encode(images)[0]))
+                      for loop in loops) + (compile_(model_loop),)
+    else:
+        whole = (compile_(lambda images: greedy_decode(model, images, **options)[0]),
+                 compile_(lambda images: decoder_loop(*steps.encode(images))),
+                 compile_(model_loop))
     return whole, loops
 
 
@@ -198,7 +223,7 @@ def _measure_all(model, all_images, end_id, lengths, compilers, timing):
     for compiler, batch, length in itertools.product(compilers, BATCHES, lengths):
         images = all_images[:batch]
         (cached, by_decoder, by_model), (cached_loop, decoder_loop) = decoders(
-            model, length, end_id, compiler == "xla")
+            model, length, end_id, compiler)
         memory = encode(images)
         np.testing.assert_array_equal(cached(images).numpy(), by_decoder(images).numpy())
         np.testing.assert_array_equal(cached_loop(memory).numpy(), decoder_loop(memory).numpy())
@@ -206,7 +231,7 @@ def _measure_all(model, all_images, end_id, lengths, compilers, timing):
         results = [("decoder", result),
                    (LOOP_PEER, common.compare(lambda: cached_loop(memory),
                                               lambda: decoder_loop(memory), **timing))]
-        if compiler == "graph":
+        if compiler != "xla":
             results.append(("model", common.compare(lambda: cached(images),
                                                     lambda: by_model(images), **timing)))
         encoder_s = _median_seconds(lambda: encode(images))
@@ -255,7 +280,7 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=False):
     body = loop_body_ops(model, all_images, lengths[0])
     print(f"   cached loop body: {sum(body.values())} ops per step; "
           + ", ".join(f"{op} {n}" for op, n in body.most_common(8)), flush=True)
-    compilers = ("graph", "xla") if xla else ("graph",)
+    compilers = ("graph", "single", "xla") if xla else ("graph", "single")
     with common.Stopwatch() as total:
         rows, records, ratios = _measure_all(model, all_images, end_id, lengths, compilers,
                                              timing)

@@ -17,8 +17,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 from sequence_fixtures import digit_strings_data_dir, write_folder_dataset  # noqa: F401
+from tensorflow.core.protobuf import saved_model_pb2
 
 from keras_vit.models.decoding import beam_search, greedy_decode
+from pipelines.sequence.executor import SINGLE_THREADED_EXECUTOR
 from pipelines.sequence.metrics import character_error_rate, exact_match_accuracy
 from pipelines.sequence.vocab import END, PAD, START, CharVocabulary
 
@@ -137,6 +139,13 @@ def test_export_is_verified_servable_and_reads_like_the_keras_model(digit_run):
                                                                         "models.config"]
     assert metadata["vocabulary"]["characters"] == list("0123456789")
     assert (version / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    # The beam search loop runs by the single-threaded executor (pipelines/sequence/executor.py).
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((version / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    calls = [node.attr["executor_type"].s for f in graph.library.function for node in f.node_def
+             if node.op in ("PartitionedCall", "StatefulPartitionedCall")]
+    assert SINGLE_THREADED_EXECUTOR.encode() in calls
 
     model, vocab = load_run(digit_run["run_dir"])
     from pipelines.sequence.data import load_sequence_data

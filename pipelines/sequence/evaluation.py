@@ -37,17 +37,21 @@ class Decoder:
     def __init__(self, model, vocab, beam_width, length_penalty, tta_shift=0):
         import tensorflow as tf
 
-        from keras_vit.models import beam_search, greedy_decode, shift_averaged_decode
+        from keras_vit.models import beam_search, greedy_decode
+        from pipelines.sequence.executor import image_decoder
 
         self.model, self.vocab = model, vocab
         ids = {"start_id": START, "end_id": END, "pad_id": PAD}
         spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
+        # As the export decodes: shift_averaged_decode with the decoding loop run
+        # by the single-threaded executor (pipelines/sequence/executor.py).
         self._functions = {
-            "greedy": tf.function(lambda images: shift_averaged_decode(
-                greedy_decode, model, images, tta_shift, **ids), input_signature=spec),
-            "beam": tf.function(lambda images: shift_averaged_decode(
-                beam_search, model, images, tta_shift, beam_width=beam_width,
-                length_penalty=length_penalty, **ids), input_signature=spec),
+            "greedy": tf.function(image_decoder(greedy_decode, model, tta_shift, **ids),
+                                  input_signature=spec),
+            "beam": tf.function(image_decoder(beam_search, model, tta_shift,
+                                              beam_width=beam_width,
+                                              length_penalty=length_penalty, **ids),
+                                input_signature=spec),
         }
 
     def tokens(self, images, method):

@@ -92,19 +92,23 @@ def _reader(model, vocab, table, beam_width, length_penalty, tta_shift):
     """tf.function(float32 images) -> `{tokens, text, scores}`, shared by both signatures."""
     import tensorflow as tf
 
-    from keras_vit.models import beam_search, shift_averaged_decode
+    from keras_vit.models import beam_search
+    from pipelines.sequence.executor import image_decoder
     from pipelines.serving.signatures import check_float_images
 
     image_shape = image_shape_of(model)
     max_length = max_length_of(model)
+    # shift_averaged_decode with its decoding loop run by the single-threaded
+    # executor (a step is hundreds of tiny ops; pipelines/sequence/executor.py):
+    # the SavedModel records the choice, TF Serving runs it the same way.
+    beam = image_decoder(beam_search, model, tta_shift, beam_width=beam_width,
+                         length_penalty=length_penalty, start_id=START, end_id=END, pad_id=PAD)
 
     def read(images):
         images = check_float_images(images, image_shape)
 
         def decode():
-            tokens, scores = shift_averaged_decode(
-                beam_search, model, images, tta_shift, beam_width=beam_width,
-                length_penalty=length_penalty, start_id=START, end_id=END, pad_id=PAD)
+            tokens, scores = beam(images)
             return tf.cast(tokens, tf.int32), tf.cast(scores, tf.float32)
 
         # An empty batch gives empty outputs without running the model (some CPU
