@@ -310,6 +310,30 @@ def test_decoding_verdict_takes_each_sides_fastest_compiler():
         "batch 1: MISS 0.8x at 5, 3.0x at 10"
 
 
+def test_decoding_configurations_decode_the_same_tokens():
+    """Graph and single-threaded-executor configurations: both sides, loop and whole decode."""
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks.bench_decoding import IMAGE_SHAPE, build_model, decoders, unused_token
+    from keras_vit.models.decoder_steps import decoder_steps
+
+    model = build_model()
+    images = tf.constant(np.random.default_rng(0).uniform(0, 255, (2,) + IMAGE_SHAPE),
+                         tf.float32)
+    end_id = unused_token(model, images, 3)
+    memory = decoder_steps(model).encode(images)[0]
+    outputs = []
+    for configuration in ("graph", "single"):
+        whole, loops = decoders(model, 3, end_id, configuration)
+        outputs += [f(images).numpy() for f in whole] + [f(memory).numpy() for f in loops]
+    assert outputs[0].shape == (2, 3)
+    for tokens in outputs[1:]:
+        np.testing.assert_array_equal(tokens, outputs[0])
+    with pytest.raises(ValueError, match="configuration must be one of"):
+        decoders(model, 3, end_id, "eager")
+
+
 def test_decoding_loops_agree_and_are_timed_in_this_process():
     from benchmarks.decoding_onednn import measure, table_rows
 
