@@ -132,12 +132,10 @@ def test_the_executor_is_kept_by_a_saved_model(model, tmp_path):
 
 def test_a_lowered_loop_is_what_the_executor_refuses(model):
     """Why the loops are traced functional: the executor does not run lowered ones."""
-    from tensorflow.python.eager import context
-
     lowered = tf.function(DECODERS["greedy"](model))
     lowered(_images(1))  # traced with the default executor: loops lowered
     with pytest.raises(tf.errors.FailedPreconditionError, match="low level control flow"):
-        with context.function_executor_type(SINGLE_THREADED_EXECUTOR):
+        with tf.experimental.function_executor_type(SINGLE_THREADED_EXECUTOR):
             lowered(_images(1))
 
 
