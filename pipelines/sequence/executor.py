@@ -40,7 +40,12 @@ SINGLE_THREADED_EXECUTOR = "SINGLE_THREADED_EXECUTOR"
 
 @contextlib.contextmanager
 def _functional_control_flow():
-    """While/If ops created inside are kept functional (not lowered to Switch/Merge)."""
+    """While/If ops created inside are kept functional (not lowered to Switch/Merge).
+
+    The switch is process-wide: a function traced by another thread meanwhile
+    would keep its loops functional too (still correct, run by the default
+    executor as functional loops).
+    """
     from tensorflow.python.ops import control_flow_util_v2
 
     previous = control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE
