@@ -135,8 +135,8 @@ def decoders(model, length, end_id, configuration="graph"):
 
     `configuration` (`CONFIGURATIONS`): "graph" and "xla" compile each with
     `tf.function` (`jit_compile` for "xla"); "single" runs each decoding loop
-    by the single-threaded executor and the encoder as a graph around it
-    (`pipelines.sequence.executor.image_decoder`'s split), the model peer
+    by the single-threaded executor and the encoder as a graph around it (ours:
+    `pipelines.sequence.executor.image_decoder` itself), the model peer
     single-threaded whole.
     """
     import tensorflow as tf
@@ -144,7 +144,7 @@ def decoders(model, length, end_id, configuration="graph"):
 
     from keras_vit.models.decoder_steps import decoder_steps
     from keras_vit.models.decoding import greedy_decode
-    from pipelines.sequence.executor import single_threaded_function
+    from pipelines.sequence.executor import image_decoder, single_threaded_function
 
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"configuration must be one of {CONFIGURATIONS}; "
@@ -174,8 +174,11 @@ def decoders(model, length, end_id, configuration="graph"):
     loops = (compile_(lambda memory: greedy_decode(model, encoded=(memory, None), **options)[0]),
              compile_(lambda memory: decoder_loop(memory, None)))
     if configuration == "single":
-        whole = tuple(tf.function(lambda images, loop=loop: loop(steps.encode(images)[0]))
-                      for loop in loops) + (compile_(model_loop),)
+        # Ours as the job and its export decode; the peer's loop after the same encoder.
+        read = image_decoder(greedy_decode, model, 0, **options)
+        whole = (tf.function(lambda images: read(images)[0]),
+                 tf.function(lambda images: loops[1](steps.encode(images)[0])),
+                 compile_(model_loop))
     else:
         whole = (compile_(lambda images: greedy_decode(model, images, **options)[0]),
                  compile_(lambda images: decoder_loop(*steps.encode(images))),

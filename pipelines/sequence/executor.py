@@ -88,8 +88,7 @@ def single_threaded_function(fn, input_signature=None):
         with tf.experimental.function_executor_type(SINGLE_THREADED_EXECUTOR):
             return traced(*args)
 
-    call.python_function = fn
-    call.traced = inner
+    call.traced = inner  # the tf.function, for inspecting its graphs
     return call
 
 
@@ -134,7 +133,6 @@ def image_decoder(decode, model, max_shift, **options):
 
     def read(images):
         memory, mask = encode(model, images if views is None else views(images))
-        return single_threaded_loop(memory) if mask is None else single_threaded_loop(memory,
-                                                                                      mask)
+        return single_threaded_loop(*((memory,) if mask is None else (memory, mask)))
 
     return read
