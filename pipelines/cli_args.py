@@ -78,8 +78,8 @@ def add_runtime_arguments(group):
 
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with "
-                            "AMX-BF16, float32 otherwise (AVX-512 BF16 alone measured slower "
-                            "than float32)")
+                            "AMX-BF16 and --no-xla, float32 otherwise (bf16 measured slower "
+                            "under XLA and on AVX-512 BF16 without AMX)")
     group.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
                        help="compile train and predict steps with XLA (faster on this CPU)")
     group.add_argument("--seed", type=int, default=0, help="random seed")

@@ -29,15 +29,20 @@ def cpu_has_amx_bf16(cpuinfo_path="/proc/cpuinfo"):
     return "amx_bf16" in _cpu_flags(cpuinfo_path)
 
 
-def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None, has_amx=None):
+def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None, has_amx=None,
+                     xla=True):
     """Resolves a `--precision` value to a Keras dtype policy name and says why.
 
-    `auto` picks mixed_float16 on a GPU (tensor cores), mixed_bfloat16 on a
-    CPU with AMX-BF16, and float32 elsewhere. AVX-512 BF16 alone does not make
-    bf16 pay in TensorFlow: on such a Xeon (KVM, no AMX exposed) a bf16 matmul
-    ran at 0.60x float32's speed and a ViT-Ti/16 training step at 0.57x
-    (benchmarks/README.md, `gemm` and `vit`); without either flag bf16 is
-    emulated.
+    `auto` picks mixed_float16 on a GPU (tensor cores); on a CPU it picks
+    mixed_bfloat16 only where bf16 was measured faster than float32: a CPU
+    with AMX-BF16 running plain graphs (`xla=False`). Measured on a 2-core
+    AMX Xeon (benchmarks/README.md, session 23): as graphs a ViT-Ti/16
+    training step ran 1.33x faster in bf16, but XLA's CPU bf16 dots reached
+    only 141 against 223 GFLOP/s in graphs, so under XLA bf16 lost (the
+    ViT-Ti/16 step 0.85x float32's, the digits job's epochs 0.8x).
+    AVX-512 BF16 alone does not make bf16 pay in TensorFlow: on such a Xeon
+    (KVM, no AMX exposed) a bf16 matmul ran at 0.60x float32's speed and a
+    ViT-Ti/16 training step at 0.57x; without either flag bf16 is emulated.
 
     Args:
         requested: one of `PRECISIONS`.
@@ -45,6 +50,8 @@ def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None, has_amx=
         has_bf16_cpu: bool or None. Whether the CPU has bf16 (AVX-512 BF16 or
             AMX-BF16); None reads the flags.
         has_amx: bool or None. Whether the CPU has AMX-BF16; None reads the flags.
+        xla: bool. Whether the run compiles its steps with XLA (`--xla`, on by
+            default in every job).
 
     Returns:
         `(policy_name, reason)`.
@@ -52,6 +59,8 @@ def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None, has_amx=
     Example:
     >>> choose_precision("auto")  # AVX-512 BF16, no AMX
     ('float32', 'auto: no GPU; AVX-512 BF16 without AMX (bf16 measured slower than float32)')
+    >>> choose_precision("auto", has_gpu=False, has_amx=True, xla=False)[0]
+    'mixed_bfloat16'
     """
     if requested not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}; received {requested!r}")
@@ -66,7 +75,10 @@ def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None, has_amx=
     if has_amx is None:
         has_amx = cpu_has_amx_bf16()
     if has_amx:
-        return "mixed_bfloat16", "auto: no GPU; the CPU has AMX-BF16"
+        if xla:
+            return "float32", ("auto: no GPU; AMX-BF16, but under XLA bf16 measured slower "
+                               "than float32 (--no-xla picks mixed_bfloat16)")
+        return "mixed_bfloat16", "auto: no GPU; the CPU has AMX-BF16 and XLA is off"
     if has_bf16_cpu is None:
         has_bf16_cpu = cpu_has_bf16()
     if has_bf16_cpu:

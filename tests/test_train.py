@@ -634,26 +634,30 @@ def test_choose_precision_explicit_auto_and_unknown():
             assert policy == requested  # explicit values are returned as they are
             assert isinstance(reason, str) and reason
 
-    # (GPU, AVX-512 BF16 or AMX-BF16, AMX-BF16) -> policy
-    rules = {(True, True, True): "mixed_float16", (True, False, False): "mixed_float16",
-             (False, True, True): "mixed_bfloat16", (False, True, False): "float32",
-             (False, False, False): "float32"}
-    for (gpu, bf16, amx), expected in rules.items():
-        policy, reason = choose_precision("auto", has_gpu=gpu, has_bf16_cpu=bf16, has_amx=amx)
-        assert policy == expected, (gpu, bf16, amx)
+    # (GPU, AVX-512 BF16 or AMX-BF16, AMX-BF16, XLA) -> policy
+    rules = {(True, True, True, True): "mixed_float16", (True, False, False, False): "mixed_float16",
+             (False, True, True, False): "mixed_bfloat16", (False, True, True, True): "float32",
+             (False, True, False, False): "float32", (False, True, False, True): "float32",
+             (False, False, False, False): "float32", (False, False, False, True): "float32"}
+    for (gpu, bf16, amx, xla), expected in rules.items():
+        policy, reason = choose_precision("auto", has_gpu=gpu, has_bf16_cpu=bf16, has_amx=amx,
+                                          xla=xla)
+        assert policy == expected, (gpu, bf16, amx, xla)
         assert reason.startswith("auto")
     assert "without AMX" in choose_precision("auto", has_gpu=False, has_bf16_cpu=True,
                                              has_amx=False)[1]
+    assert "--no-xla" in choose_precision("auto", has_gpu=False, has_amx=True, xla=True)[1]
 
     import tensorflow as tf
 
-    policy, reason = choose_precision("auto")
-    on_this_machine = rules[(bool(tf.config.list_physical_devices("GPU")), cpu_has_bf16(),
-                             cpu_has_amx_bf16())]
-    assert policy == on_this_machine
-    assert policy in PRECISIONS and policy != "auto" and "auto" in reason
-    keras.mixed_precision.Policy(policy)  # a valid Keras policy name
-    assert choose_precision() == (policy, reason)  # "auto" is the default
+    gpu, bf16, amx = bool(tf.config.list_physical_devices("GPU")), cpu_has_bf16(), cpu_has_amx_bf16()
+    for xla in (True, False):
+        policy, reason = choose_precision("auto", xla=xla)
+        assert policy == ("mixed_float16" if gpu else rules[(False, bf16, amx, xla)])
+        assert policy in PRECISIONS and policy != "auto" and "auto" in reason
+        keras.mixed_precision.Policy(policy)  # a valid Keras policy name
+    # "auto" and XLA on (every job's --xla default) are the defaults
+    assert choose_precision() == choose_precision("auto", xla=True)
 
     for bad in ("float64", "bfloat16", "AUTO"):
         with pytest.raises(ValueError, match=bad):

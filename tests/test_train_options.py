@@ -5,10 +5,11 @@
   one view at a time, class probabilities averaged); then a job with
   `--tta-shift 1` whose reported test accuracy/loss and exported SavedModel
   probabilities are recomputed from its saved `best.keras` with that reference.
-* XLA, the default (`--xla`): that same job runs without `--no-xla`, through
-  `python -m pipelines.cli train` as `keras-vit train` does; it trains (loss
-  falls) and its records (log, metrics.json, run_config.json, best.keras's
-  compile config) say XLA was on.
+* XLA and `--precision auto`, the defaults: that same job runs without
+  `--no-xla` or `--precision`, through `python -m pipelines.cli train` as
+  `keras-vit train` does; it trains (loss falls) and its records (log,
+  metrics.json, run_config.json, best.keras's compile config) say XLA was on
+  and give the precision `choose_precision` picks under XLA.
 * `--offline`: that same job runs with `--offline` on the prepared
   `digits_data_dir`, in a process with no network at all (`unshare -rn`).
 * `--precision mixed_bfloat16` / `mixed_float16`: one tiny job each; the
@@ -36,6 +37,8 @@ import keras
 import numpy as np
 import pytest
 from test_train import REPO, TINY, run_main, subprocess_env, tiny_flags
+
+from pipelines.precision import choose_precision
 
 pytestmark = pytest.mark.usefixtures("restore_dtype_policy")
 
@@ -169,11 +172,13 @@ def tta_xla_job(tmp_path_factory, digits_data_dir):
     """
     root = tmp_path_factory.mktemp("tta_xla")
     run_dir, export_dir = root / "run", root / "savedmodels"
-    flags = [flag for flag in tiny_flags(BATCH) if flag != "--no-xla"]
+    flags = tiny_flags(BATCH)
+    at = flags.index("--precision")
+    flags = [flag for flag in flags[:at] + flags[at + 2:] if flag != "--no-xla"]
     flags += ["--epochs", "12", "--seed", "1", "--tta-shift", "1", "--offline",
               "--data-dir", digits_data_dir, "--output-dir", str(run_dir),
               "--export-dir", str(export_dir), "--no-verify-export", "--no-baseline"]
-    assert not any(flag.endswith("xla") for flag in flags)  # XLA: the default
+    assert not any(flag.endswith("xla") or flag == "--precision" for flag in flags)  # defaults
     cut = network_cut()
     command = (cut or []) + [sys.executable, "-m", "pipelines.cli", "train", *flags]
     result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True,
@@ -245,7 +250,14 @@ def test_default_xla_job_trains_and_records_xla_on(tta_xla_job):
     assert metrics["xla"] is True and metrics["config"]["xla"] is True
     assert json.loads((run_dir / "run_config.json").read_text())["xla"] is True
     assert saved_config(run_dir)["compile_config"]["jit_compile"] is True
-    assert metrics["epochs_this_run"] == 12 and metrics["precision"] == "float32"
+    assert metrics["epochs_this_run"] == 12
+    # --precision auto under XLA: float32 on every CPU, AMX-BF16 included
+    # (pipelines.precision: XLA's bf16 measured slower there).
+    assert (metrics["precision"], metrics["precision_reason"]) == \
+        choose_precision("auto", xla=True)
+    assert metrics["precision"] in ("float32", "mixed_float16")  # mixed_float16: a GPU
+    assert f"precision: {metrics['precision']} ({metrics['precision_reason']}); XLA: on" in \
+        result.stdout
     for key in ("test_accuracy", "test_accuracy_single_view"):
         assert 0.0 <= metrics[key] <= 1.0
     assert np.isfinite(metrics["test_loss"]) and metrics["train_images_per_second"] > 0

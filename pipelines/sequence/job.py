@@ -72,7 +72,7 @@ def train_sequence(config, log=print):
     keras.utils.set_random_seed(config.seed)
     data = phases.timed("data", _load, config, plan)
     info = data.info
-    policy, reason = choose_precision(config.precision)
+    policy, reason = choose_precision(config.precision, xla=config.xla)
     keras.config.set_dtype_policy(policy)
     try:
         build_sequence_model(config, info)  # a bad architecture fails before the run folder

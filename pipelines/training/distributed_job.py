@@ -369,7 +369,8 @@ def train_distributed(config, log=print):
     log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
         f"{info.num_test} test images of shape {info.image_shape}, {info.num_classes} classes")
     resumed = prepare_run_dir(config, plan, log) if chief else False
-    policy, reason = choose_precision(config.precision)
+    # Distributed steps run as plain graphs (metrics record "xla": False).
+    policy, reason = choose_precision(config.precision, xla=False)
     keras.config.set_dtype_policy(policy)
     log(f"precision: {policy} ({reason})")
     try:

@@ -124,7 +124,7 @@ def train(config, log=print):
         log(fit_line)
     resumed = prepare_run_dir(config, plan, log)
 
-    policy, reason = choose_precision(config.precision)
+    policy, reason = choose_precision(config.precision, xla=config.xla)
     keras.config.set_dtype_policy(policy)
     log(compute_line(policy, reason, config.xla))
     try:

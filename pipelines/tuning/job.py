@@ -132,7 +132,7 @@ def tune(config, log=print, callbacks=None):
 
     previous_policy = keras.config.dtype_policy()
     try:
-        policy, reason = choose_precision(config.precision)
+        policy, reason = choose_precision(config.precision, xla=config.xla)
         # The hypermodel applies the policy to every trial itself: keras-tuner
         # clears the Keras session, global policy included, before each one.
         hypermodel.dtype_policy = policy
