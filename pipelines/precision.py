@@ -37,9 +37,9 @@ def choose_precision(requested="auto", has_gpu=None, has_bf16_cpu=None, has_amx=
     mixed_bfloat16 only where bf16 was measured faster than float32: a CPU
     with AMX-BF16 running plain graphs (`xla=False`). Measured on a 2-core
     AMX Xeon (benchmarks/README.md, session 23): as graphs a ViT-Ti/16
-    training step ran 1.33x faster in bf16, but XLA's CPU bf16 dots reached
-    only 141 against 223 GFLOP/s in graphs, so under XLA bf16 lost (the
-    ViT-Ti/16 step 0.85x float32's, the digits job's epochs 0.8x).
+    training step ran 1.33x faster in bf16, but under XLA the same bf16 step
+    reached only 141 GFLOP/s against 223 as a graph, 0.85x float32's speed
+    under XLA, and the digits job's epochs ran 0.8x float32's.
     AVX-512 BF16 alone does not make bf16 pay in TensorFlow: on such a Xeon
     (KVM, no AMX exposed) a bf16 matmul ran at 0.60x float32's speed and a
     ViT-Ti/16 training step at 0.57x; without either flag bf16 is emulated.
