@@ -4,7 +4,8 @@ Runs `keras-vit train --epochs 3 --no-export --no-baseline --verbose 0` (the
 digits defaults otherwise; `--quick`: 2 epochs) in a subprocess through
 `benchmarks.train_probe`, which adds a step-timing callback, for
 `--precision float32` and (where the CPU has native bf16) `mixed_bfloat16`,
-and reports from the probe and the job's `metrics.json`:
+each with XLA on and off (`--quick`: float32 with the `--xla` setting
+only), and reports from the probe and the job's `metrics.json`:
 
 - imports (TensorFlow, Keras, the job), data (`phase_seconds["data"]`),
   fit, evaluate, artifacts, wall;
@@ -13,7 +14,11 @@ and reports from the probe and the job's `metrics.json`:
 - each later epoch, split into: time before its first step (iterator set-up
   and callbacks), its first step, the median of the other steps, validation;
 - stalls: where the main thread was while an epoch's first step was awaited
-  (the "second compile" of issue 13).
+  (the "second compile" of issue 13);
+- the precision check: each (precision, XLA) configuration's steady step
+  (the median training step after epoch 1), and whether the precision
+  `--precision auto` picks for each XLA setting (`pipelines.precision`) is
+  the faster one there.
 
 No peer: the figures are the job's own (issue 13's targets: wall <= 180 s for
 the full default job on 2 cores).
@@ -30,8 +35,9 @@ from benchmarks import common
 
 def run_probed_job(precision, epochs, directory, extra_args=()):
     """Runs the probed training job; returns `(probe record, metrics.json, wall seconds)`."""
-    out = os.path.join(directory, f"probe_{precision}.json")
-    run_dir = os.path.join(directory, f"run_{precision}")
+    name = "_".join([precision, *(arg.strip("-") for arg in extra_args)])
+    out = os.path.join(directory, f"probe_{name}.json")
+    run_dir = os.path.join(directory, f"run_{name}")
     command = [sys.executable, "-m", "benchmarks.train_probe", out, "--",
                "--epochs", str(epochs), "--no-export", "--no-baseline", "--verbose", "0",
                "--precision", precision, "--output-dir", run_dir, *extra_args]
@@ -56,6 +62,44 @@ def epoch_breakdown(probe):
             steps=len(steps), validation=epoch.get("validation_seconds"),
             first_validation_step=(epoch["validation_step_seconds"] or [None])[0]))
     return rows
+
+
+def steady_step_seconds(probe):
+    """The median training step of the epochs after the first (None with one epoch)."""
+    steps = [step for epoch in probe["epochs"] if epoch["epoch"] > 0
+             for step in epoch["train_step_seconds"]]
+    return statistics.median(steps) if steps else None
+
+
+def precision_check(records, auto_choices):
+    """For each XLA setting: the precision `auto` picks against the faster one measured.
+
+    Args:
+        records: dicts with `precision`, `xla` (bool) and `steady_step_seconds`.
+        auto_choices: `{xla: precision}`, what `choose_precision("auto", xla=xla)` picks.
+
+    Returns:
+        One dict per XLA setting measured with more than one precision: `xla`,
+        `auto`, `fastest`, and `auto_over_fastest` (auto's step / the fastest
+        step: 1.0 when auto picks the faster one).
+
+    Example:
+    >>> precision_check([dict(precision="float32", xla=True, steady_step_seconds=0.03),
+    ...                  dict(precision="mixed_bfloat16", xla=True, steady_step_seconds=0.04)],
+    ...                 {True: "float32"})[0]["auto_over_fastest"]
+    1.0
+    """
+    checks = []
+    for xla in sorted({record["xla"] for record in records}, reverse=True):
+        steps = {record["precision"]: record["steady_step_seconds"] for record in records
+                 if record["xla"] == xla and record["steady_step_seconds"]}
+        auto = auto_choices.get(xla)
+        if len(steps) < 2 or auto not in steps:
+            continue
+        fastest = min(steps, key=steps.get)
+        checks.append(dict(xla=xla, auto=auto, fastest=fastest,
+                           auto_over_fastest=steps[auto] / steps[fastest]))
+    return checks
 
 
 def _fmt(value):
@@ -90,24 +134,45 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
     Returns:
         `(True, False)`: the job's phases are reported, never judged here.
     """
+    from pipelines.precision import choose_precision
+
     epochs = 2 if quick else 3
     precisions = ("float32",) if quick else common.precisions_for_this_cpu()
-    extra = () if xla else ("--no-xla",)
+    settings = (xla,) if quick else (xla, not xla)
     print(f"\n== job: keras-vit train (digits defaults), {epochs} epochs, no export, no "
-          f"baseline, per precision; {common.cpu_note()}")
+          f"baseline, per precision and XLA setting; {common.cpu_note()}")
     records = []
     with common.Stopwatch() as total, tempfile.TemporaryDirectory() as directory:
-        for precision in precisions:
-            probe, metrics, wall = run_probed_job(precision, epochs, directory, extra)
-            _print_job(precision, probe, metrics, wall)
-            records.append(dict(precision=precision, process_wall_seconds=wall,
-                                import_seconds=probe["import_seconds"],
-                                phase_seconds=metrics.get("phase_seconds"),
-                                epoch_seconds=metrics.get("epoch_seconds"),
-                                train_images_per_second=metrics.get("train_images_per_second"),
-                                test_accuracy=metrics.get("test_accuracy"),
-                                epochs=epoch_breakdown(probe), probe=probe))
+        for use_xla in settings:
+            for precision in precisions:
+                probe, metrics, wall = run_probed_job(precision, epochs, directory,
+                                                      () if use_xla else ("--no-xla",))
+                _print_job(f"{precision}, XLA {'on' if use_xla else 'off'}", probe, metrics,
+                           wall)
+                records.append(dict(precision=precision, xla=use_xla, process_wall_seconds=wall,
+                                    import_seconds=probe["import_seconds"],
+                                    phase_seconds=metrics.get("phase_seconds"),
+                                    epoch_seconds=metrics.get("epoch_seconds"),
+                                    steady_step_seconds=steady_step_seconds(probe),
+                                    train_images_per_second=metrics.get(
+                                        "train_images_per_second"),
+                                    test_accuracy=metrics.get("test_accuracy"),
+                                    epochs=epoch_breakdown(probe), probe=probe))
+    auto_choices = {use_xla: choose_precision("auto", xla=use_xla)[0] for use_xla in settings}
+    print(common.format_table(
+        ["precision", "XLA", "epoch 1 s", "steady step ms", "auto picks it"],
+        [[r["precision"], "on" if r["xla"] else "off", _fmt(r["epoch_seconds"][0]),
+          "-" if r["steady_step_seconds"] is None else f"{1e3 * r['steady_step_seconds']:.1f}",
+          "yes" if auto_choices[r["xla"]] == r["precision"] else ""] for r in records]))
+    checks = precision_check(records, auto_choices)
+    for check in checks:
+        print(f"   XLA {'on' if check['xla'] else 'off'}: --precision auto picks "
+              f"{check['auto']}; fastest step {check['fastest']}; auto/fastest step time "
+              f"{check['auto_over_fastest']:.3f}"
+              + ("" if check["auto"] == check["fastest"] else "  <- auto is not the fastest"))
     print(f"({common.load_note()}; {total.seconds:.0f} s)")
     common.write_results("job", dict(quick=quick, config=dict(epochs=epochs, xla=xla),
+                                     auto_precision={str(k): v for k, v in auto_choices.items()},
+                                     precision_check=checks,
                                      results=records, seconds=total.seconds))
     return True, False

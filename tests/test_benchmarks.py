@@ -249,6 +249,34 @@ def test_folder_benchmark_judges_its_two_targets():
     assert judge({"test_accuracy": 0.99}, 10.0) == (False, True)  # no baseline: not shown
 
 
+def test_job_benchmark_steady_step_skips_the_first_epoch():
+    from benchmarks.bench_job import steady_step_seconds
+
+    probe = {"epochs": [{"epoch": 0, "train_step_seconds": [9.0, 0.5, 0.5]},
+                        {"epoch": 1, "train_step_seconds": [0.04, 0.03, 0.05]},
+                        {"epoch": 2, "train_step_seconds": [0.02, 0.06, 0.03]}]}
+    assert steady_step_seconds(probe) == pytest.approx(np.median([0.04, 0.03, 0.05,
+                                                                  0.02, 0.06, 0.03]))
+    assert steady_step_seconds({"epochs": probe["epochs"][:1]}) is None
+
+
+def test_job_benchmark_checks_autos_precision_against_the_faster_one():
+    from benchmarks.bench_job import precision_check
+
+    records = [dict(precision="float32", xla=True, steady_step_seconds=0.030),
+               dict(precision="mixed_bfloat16", xla=True, steady_step_seconds=0.040),
+               dict(precision="float32", xla=False, steady_step_seconds=0.048),
+               dict(precision="mixed_bfloat16", xla=False, steady_step_seconds=0.042)]
+    under_xla, graphs = precision_check(records, {True: "float32", False: "float32"})
+    assert (under_xla["xla"], under_xla["fastest"], under_xla["auto_over_fastest"]) == \
+        (True, "float32", 1.0)
+    assert (graphs["xla"], graphs["auto"], graphs["fastest"]) == (False, "float32",
+                                                                  "mixed_bfloat16")
+    assert graphs["auto_over_fastest"] == pytest.approx(0.048 / 0.042)
+    # One precision per setting (a CPU without bf16): nothing to compare.
+    assert precision_check(records[:1], {True: "float32"}) == []
+
+
 @pytest.mark.slow
 def test_folder_benchmark_quick_mode_runs_the_job_on_the_written_folder(tmp_path, monkeypatch):
     import json
