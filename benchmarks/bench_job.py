@@ -106,6 +106,10 @@ def _fmt(value):
     return "-" if value is None else f"{value:.2f}"
 
 
+def _on_off(flag):
+    return "on" if flag else "off"
+
+
 def _print_job(precision, probe, metrics, wall):
     phases = metrics.get("phase_seconds", {})
     print(f"   {precision}: wall {wall:.0f} s (process); imports {probe['import_seconds']:.1f} s; "
@@ -147,8 +151,7 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
             for precision in precisions:
                 probe, metrics, wall = run_probed_job(precision, epochs, directory,
                                                       () if use_xla else ("--no-xla",))
-                _print_job(f"{precision}, XLA {'on' if use_xla else 'off'}", probe, metrics,
-                           wall)
+                _print_job(f"{precision}, XLA {_on_off(use_xla)}", probe, metrics, wall)
                 records.append(dict(precision=precision, xla=use_xla, process_wall_seconds=wall,
                                     import_seconds=probe["import_seconds"],
                                     phase_seconds=metrics.get("phase_seconds"),
@@ -161,12 +164,12 @@ def run(quick=False, repeats=None, tolerance=common.TOLERANCE, xla=True):
     auto_choices = {use_xla: choose_precision("auto", xla=use_xla)[0] for use_xla in settings}
     print(common.format_table(
         ["precision", "XLA", "epoch 1 s", "steady step ms", "auto picks it"],
-        [[r["precision"], "on" if r["xla"] else "off", _fmt(r["epoch_seconds"][0]),
+        [[r["precision"], _on_off(r["xla"]), _fmt(r["epoch_seconds"][0]),
           "-" if r["steady_step_seconds"] is None else f"{1e3 * r['steady_step_seconds']:.1f}",
           "yes" if auto_choices[r["xla"]] == r["precision"] else ""] for r in records]))
     checks = precision_check(records, auto_choices)
     for check in checks:
-        print(f"   XLA {'on' if check['xla'] else 'off'}: --precision auto picks "
+        print(f"   XLA {_on_off(check['xla'])}: --precision auto picks "
               f"{check['auto']}; fastest step {check['fastest']}; auto/fastest step time "
               f"{check['auto_over_fastest']:.3f}"
               + ("" if check["auto"] == check["fastest"] else "  <- auto is not the fastest"))

@@ -369,8 +369,8 @@ def train_distributed(config, log=print):
     log(f"dataset {info.name}: {info.num_train} train / {info.num_validation} validation / "
         f"{info.num_test} test images of shape {info.image_shape}, {info.num_classes} classes")
     resumed = prepare_run_dir(config, plan, log) if chief else False
-    # Distributed steps run as plain graphs (metrics record "xla": False).
-    policy, reason = choose_precision(config.precision, xla=False)
+    uses_xla = False  # the distributed loop runs its steps as plain graphs
+    policy, reason = choose_precision(config.precision, xla=uses_xla)
     keras.config.set_dtype_policy(policy)
     log(f"precision: {policy} ({reason})")
     try:
@@ -380,7 +380,7 @@ def train_distributed(config, log=print):
             return {}
         metrics = {"dataset": info.name, "precision": policy, "precision_reason": reason,
                    "onednn": onednn_enabled(),
-                   "xla": False, "epochs": config.epochs, "resumed": resumed,
+                   "xla": uses_xla, "epochs": config.epochs, "resumed": resumed,
                    "init": getattr(config, "init", None), "distribute": config.distribute,
                    "replicas": strategy.num_replicas_in_sync,
                    "workers": cluster.num_workers if cluster else 1,
